@@ -1,0 +1,40 @@
+# The two commands of README's quick start: `make run` and `make test`.
+# Both create or reuse .venv, install the project, and make sure Redis and PostgreSQL answer.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test check lint typecheck services bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $(STAMP)
+
+services: $(STAMP)
+	@$(BIN)/python scripts/ensure_services.py
+
+run: services
+	@set -a; [ -f .env ] && . ./.env; set +a; \
+	  : "$${WHATSAPP_APP_SECRET:?set WHATSAPP_APP_SECRET (Meta app secret) in .env or the environment}"; \
+	  : "$${WHATSAPP_VERIFY_TOKEN:?set WHATSAPP_VERIFY_TOKEN in .env or the environment}"; \
+	  $(BIN)/zapstream run --host $${HOST:-0.0.0.0} --port $${PORT:-8000}
+
+lint: $(STAMP)
+	$(BIN)/ruff check zapstream ingest processors projections tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: services lint typecheck
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+
+bench: services
+	@command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install -y wrk"; exit 1; }
+	$(BIN)/python bench/ingest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

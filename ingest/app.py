@@ -1,0 +1,63 @@
+"""create_app(): the webhook's routes and the lifespan that opens Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from ingest.probes import health, ready
+from ingest.webhook import IngestContext, receive_notification, verify_subscription
+from zapstream.connections import open_redis
+from zapstream.metrics import Metrics, metrics_endpoint
+from zapstream.settings import Settings
+from zapstream.topology import Topology
+
+log = structlog.get_logger()
+
+WEBHOOK_PATH = "/webhook/whatsapp"
+
+
+async def warn_if_evicting(redis: Redis) -> None:
+    """Warn when Redis may evict dedup records: every policy but noeviction can."""
+    try:
+        async with asyncio.timeout(2):
+            config = await redis.config_get("maxmemory-policy")
+    except Exception as err:  # CONFIG may be disabled on a managed Redis; then we cannot tell
+        log.warning("redis_policy_unknown", error=f"{type(err).__name__}: {err}")
+        return
+    policy = config.get(b"maxmemory-policy") or config.get("maxmemory-policy")
+    policy = policy.decode() if isinstance(policy, bytes) else policy
+    if policy != "noeviction":
+        log.warning("redis_may_evict_dedup_records", maxmemory_policy=policy,
+                    advice="set maxmemory-policy noeviction")
+
+
+def create_app(
+    settings: Settings, topology: Topology, metrics: Metrics, *, redis: Redis | None = None
+) -> Starlette:
+    """The webhook app; it opens its own Redis client unless given one (as `run` does)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, IngestContext]]:
+        async with contextlib.AsyncExitStack() as stack:
+            client = redis or await stack.enter_async_context(open_redis(settings.redis_url))
+            await warn_if_evicting(client)
+            yield {"ingest": IngestContext(redis=client, settings=settings, topology=topology,
+                                           metrics=metrics)}
+
+    routes = [
+        Route(WEBHOOK_PATH, verify_subscription, methods=["GET"]),
+        Route(WEBHOOK_PATH, receive_notification, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.metrics = metrics
+    return app

@@ -1,0 +1,124 @@
+"""dedup_append: append events unless already appended, with their sessions, atomically.
+
+The dedup check, the session update and the XADD happen in one Lua script (append.lua), so
+near-simultaneous redeliveries cannot both get in. Scripts run with EVALSHA and fall back to
+EVAL on NOSCRIPT, so they survive a Redis restart without persistence and need no loading on
+each cluster primary. The events of one call are grouped by hash tag; every group goes in
+one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from ingest.payload import Inbound
+from zapstream.envelope import encode_fields
+from zapstream.keys import conversation_id, conversation_record_key, stream_key, partition_for
+from zapstream.topology import Topology
+
+APPEND_LUA = Path(__file__).with_name("append.lua").read_text(encoding="utf-8")
+APPEND_SHA = hashlib.sha1(APPEND_LUA.encode("utf-8")).hexdigest()
+
+# A conversation record outlives its dedup window and session gap by this margin.
+_RECORD_MARGIN_S = 3600
+
+
+def dedup_field(dedup_id: str) -> bytes:
+    """The dedup record's field: `d` and 8 bytes of BLAKE2b (9 bytes, not a 60-byte wamid)."""
+    return b"d" + hashlib.blake2b(dedup_id.encode("utf-8"), digest_size=8).digest()
+
+
+def outbound_field(wamid: str) -> bytes:
+    """The field under which the sender records an outbound wamid's session."""
+    return b"o" + hashlib.blake2b(wamid.encode("utf-8"), digest_size=8).digest()
+
+
+_UNKNOWN_CONVERSATION = "-"
+
+
+class Appended(msgspec.Struct, frozen=True, kw_only=True):
+    entry_id: str
+    session_id: str
+
+
+def _script_call(topology: Topology, items: Sequence[Inbound]) -> tuple[list[str], list[Any]]:
+    keys: list[str] = []
+    args: list[Any] = [
+        repr(float(topology.dedup.window)),
+        repr(float(topology.sessions.gap)),
+        int(max(topology.dedup.window, topology.sessions.gap)) + _RECORD_MARGIN_S,
+        len(items),
+    ]
+    for item in items:
+        conversation = item.conversation or _UNKNOWN_CONVERSATION
+        partition = partition_for(conversation, topology.partitions)
+        keys.append(stream_key(topology, item.stream, partition))
+        keys.append(conversation_record_key(topology, conversation))
+        fields = encode_fields(item.event)
+        args += [
+            item.session,
+            dedup_field(item.dedup_id),
+            item.timestamp,
+            conversation_id(conversation),
+            outbound_field(item.outbound) if item.outbound else b"",
+            len(fields),
+        ]
+        for name, value in fields.items():
+            args += [name, value]
+    return keys, args
+
+
+async def dedup_append(
+    redis: Redis, topology: Topology, items: Sequence[Inbound]
+) -> list[Appended | None]:
+    """Append each item unless its dedup record is inside the window.
+
+    Returns, in item order, where each was appended, or None for a duplicate. On an error some
+    groups may already be appended; a retry appends the rest, each once.
+    """
+    if not items:
+        return []
+    groups: dict[int, list[int]] = {}
+    for index, item in enumerate(items):
+        conversation = item.conversation or _UNKNOWN_CONVERSATION
+        groups.setdefault(partition_for(conversation, topology.partitions), []).append(index)
+    calls = [_script_call(topology, [items[i] for i in indexes]) for indexes in groups.values()]
+    results = await run_append_script(redis, calls)
+    appended: list[Appended | None] = [None] * len(items)
+    for indexes, result in zip(groups.values(), results, strict=True):
+        for index, pair in zip(indexes, result, strict=True):
+            if pair:
+                entry_id, session_id = pair
+                appended[index] = Appended(entry_id=entry_id.decode(), session_id=session_id.decode())
+    return appended
+
+
+async def run_append_script(
+    redis: Redis, calls: Sequence[tuple[list[str], list[Any]]]
+) -> list[list[Any]]:
+    """Run append.lua once per (keys, args), in one round trip; EVAL only on NOSCRIPT."""
+    if len(calls) == 1:
+        keys, args = calls[0]
+        try:
+            return [await redis.evalsha(APPEND_SHA, len(keys), *keys, *args)]  # type: ignore[misc]
+        except NoScriptError:
+            return [await redis.eval(APPEND_LUA, len(keys), *keys, *args)]  # type: ignore[misc]
+    pipe = redis.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.evalsha(APPEND_SHA, len(keys), *keys, *args)
+    results: list[Any] = await pipe.execute(raise_on_error=False)
+    for index, result in enumerate(results):
+        if isinstance(result, NoScriptError):
+            # NOSCRIPT means the script did not run: running it now appends nothing twice.
+            keys, args = calls[index]
+            results[index] = await redis.eval(APPEND_LUA, len(keys), *keys, *args)  # type: ignore[misc]
+        elif isinstance(result, Exception):
+            raise result
+    return results

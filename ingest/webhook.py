@@ -1,0 +1,141 @@
+"""The WhatsApp webhook: GET handshake; POST read bounded, verified, decoded, appended.
+
+This module alone maps failures to HTTP answers: SignatureError 401, PayloadError 400, a body
+past the cap 413, and a Redis that cannot take the append in time 503 (Meta retries; dedup
+makes the retry append each event once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+
+import msgspec
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from ingest.append import dedup_append
+from ingest.payload import PayloadError, decode_notification
+from ingest.signature import SignatureError, verify_signature
+from zapstream.events import TYPE_NAMES, MessageRejected
+from zapstream.metrics import Metrics
+from zapstream.settings import Settings
+from zapstream.topology import Topology
+
+log = structlog.get_logger()
+
+
+class IngestContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What the webhook's handlers use, opened by the app's lifespan."""
+
+    redis: Redis
+    settings: Settings
+    topology: Topology
+    metrics: Metrics
+
+
+class Received(msgspec.Struct, frozen=True, kw_only=True):
+    """The POST's answer body: how many events were appended and how many were duplicates."""
+
+    appended: int
+    duplicates: int
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+_received_encoder = msgspec.json.Encoder()
+
+
+async def verify_subscription(request: Request) -> Response:
+    """Meta's handshake: echo `hub.challenge` verbatim when mode and token match."""
+    ingest: IngestContext = request.state.ingest
+    params = request.query_params
+    token = params.get("hub.verify_token", "")
+    if (
+        params.get("hub.mode") == "subscribe"
+        and ingest.settings.verify_token
+        and _same(token, ingest.settings.verify_token)
+        and "hub.challenge" in params
+    ):
+        return PlainTextResponse(params["hub.challenge"])
+    log.warning("webhook_verification_refused", mode=params.get("hub.mode"))
+    return PlainTextResponse("verification refused\n", status_code=403)
+
+
+async def receive_notification(request: Request) -> Response:
+    ingest: IngestContext = request.state.ingest
+    response = await _receive(request, ingest)
+    ingest.metrics.webhook_requests.labels(code=str(response.status_code)).inc()
+    return response
+
+
+async def _receive(request: Request, ingest: IngestContext) -> Response:
+    limit = ingest.topology.webhook.max_body
+    try:
+        body = await _read_bounded(request, limit)
+    except _BodyTooLarge:
+        log.warning("webhook_body_too_large", limit=limit)
+        return PlainTextResponse(f"body larger than {limit} bytes\n", status_code=413)
+    try:
+        verify_signature(body, request.headers.get("x-hub-signature-256"), ingest.settings.app_secrets)
+    except SignatureError as err:
+        log.warning("webhook_signature_rejected", reason=str(err))
+        return PlainTextResponse("invalid signature\n", status_code=401)
+    try:
+        items = decode_notification(body)
+    except PayloadError as err:
+        log.warning("webhook_payload_rejected", reason=str(err))
+        return PlainTextResponse(f"{err}\n", status_code=400)
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(ingest.topology.webhook.append_timeout):
+            results = await dedup_append(ingest.redis, ingest.topology, items)
+    except (RedisError, OSError, TimeoutError) as err:
+        # Some events may be in the log already; Meta's retry appends the rest, each once.
+        log.error("webhook_append_failed", error=f"{type(err).__name__}: {err}", events=len(items))
+        return PlainTextResponse("log unavailable, retry later\n", status_code=503)
+    ingest.metrics.append_seconds.observe(time.perf_counter() - started)
+    appended = 0
+    for item, result in zip(items, results, strict=True):
+        event = item.event
+        message_id = getattr(event, "message_id", "")
+        if result is None:
+            ingest.metrics.duplicates_dropped.labels(stream=item.stream).inc()
+            log.debug("event_duplicate", message_id=message_id, stream=item.stream)
+            continue
+        appended += 1
+        type_name = TYPE_NAMES[type(event)]
+        ingest.metrics.events_appended.labels(type=type_name).inc()
+        if isinstance(event, MessageRejected):
+            log.warning("message_rejected", message_id=message_id, session_id=result.session_id,
+                        entry_id=result.entry_id, reason=event.reason)
+        else:
+            log.debug("event_appended", type=type_name, message_id=message_id,
+                      session_id=result.session_id, entry_id=result.entry_id)
+    answer = Received(appended=appended, duplicates=len(items) - appended)
+    return Response(_received_encoder.encode(answer), media_type="application/json")
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes:
+    """The whole body, refused past `limit` bytes before it is read whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))

@@ -1,0 +1,5 @@
+import sys
+
+from zapstream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,115 @@
+"""The log's event types, declared once, with the contract's `type` names.
+
+Each type is a Struct tagged with its `type` string. Schema evolution follows msgspec's
+rules: a field added later gets a default; no field is renamed or retyped. `version` is the
+schema version written as the entry's `v`; envelope.py upcasts older entries when read.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    version: ClassVar[int] = 1
+    # Empty only where no session can be known (a rejected message without a sender).
+    session_id: str = ""
+
+
+class MessageReceived(Event, tag="message.received", kw_only=True):
+    message_id: str  # the wamid
+    kind: str  # WhatsApp's message type: text, image, reaction, ...
+    from_: str = msgspec.field(name="from", default="")  # wa_id; empty for a BSUID-only user
+    user_id: str = ""  # business-scoped user id, when Meta sends one
+    customer: str  # the conversation's customer key: wa_id when present, else user_id
+    phone_number_id: str  # the business number that received it
+    timestamp: int  # WhatsApp's timestamp, Unix seconds
+    name: str = ""  # the customer's profile name, when the notification carries it
+    data: str  # the message object as Meta sent it (JSON)
+
+
+class MessageRejected(Event, tag="message.rejected", kw_only=True):
+    message_id: str  # the wamid when readable, else `raw:` + a hash of the raw JSON
+    raw: str  # the undecodable item exactly as received (JSON)
+    reason: str
+    phone_number_id: str = ""
+    customer: str = ""
+    timestamp: int = 0
+
+
+class StatusUpdated(Event, tag="status.updated", kw_only=True):
+    message_id: str  # the outbound wamid
+    status: str  # sent, delivered, read, failed, played
+    timestamp: int
+    phone_number_id: str
+    customer: str  # the recipient
+    data: str  # the status object as Meta sent it (JSON)
+
+
+class TurnReady(Event, tag="turn.ready", kw_only=True):
+    turn_id: str
+    message_ids: list[str]
+
+
+class ReplyGenerated(Event, tag="reply.generated", kw_only=True):
+    turn_id: str
+    reply_id: str
+    body: str
+
+
+class ReplySent(Event, tag="reply.sent", kw_only=True):
+    turn_id: str
+    reply_id: str
+    message_id: str
+
+
+class ReplyFailed(Event, tag="reply.failed", kw_only=True):
+    turn_id: str
+    reply_id: str
+    code: int
+
+
+class ReplyBlocked(Event, tag="reply.blocked", kw_only=True):
+    turn_id: str
+    reply_id: str
+    reason: str = ""
+
+
+class ReplySuperseded(Event, tag="reply.superseded", kw_only=True):
+    turn_id: str
+    reply_id: str
+
+
+class HandoffRequested(Event, tag="handoff.requested", kw_only=True):
+    turn_id: str = ""
+
+
+class HandoffReleased(Event, tag="handoff.released", kw_only=True):
+    turn_id: str = ""
+
+
+EVENT_CLASSES: tuple[type[Event], ...] = (
+    MessageReceived,
+    MessageRejected,
+    StatusUpdated,
+    TurnReady,
+    ReplyGenerated,
+    ReplySent,
+    ReplyFailed,
+    ReplyBlocked,
+    ReplySuperseded,
+    HandoffRequested,
+    HandoffReleased,
+)
+
+
+def type_name(cls: type[Event]) -> str:
+    tag = msgspec.inspect.type_info(cls).tag  # type: ignore[attr-defined]
+    assert isinstance(tag, str)
+    return tag
+
+
+EVENT_TYPES: dict[str, type[Event]] = {type_name(cls): cls for cls in EVENT_CLASSES}
+TYPE_NAMES: dict[type[Event], str] = {cls: name for name, cls in EVENT_TYPES.items()}

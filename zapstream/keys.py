@@ -1,0 +1,53 @@
+"""Every Redis key, stream and group name zapstream uses, with its hash tag.
+
+Layout (prefix `zapstream`, partition 0):
+
+    zapstream:{p0}:messages                         stream: message.received, message.rejected
+    zapstream:{p0}:statuses                         stream: status.updated
+    zapstream:{p0}:conv:<phone_number_id>:<customer> hash: the conversation record (session
+                                                     state and dedup records, see append.lua)
+
+All keys of one partition share the hash tag `{pN}`, so one Lua script may touch them together,
+also on Redis Cluster. A conversation's partition is `partition_for(conversation, partitions)`:
+changing the partition count changes only the tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+from zapstream.topology import Topology
+
+
+def conversation_key(phone_number_id: str, customer: str) -> str:
+    """A conversation: the business number and the customer (wa_id, else the BSUID)."""
+    return f"{phone_number_id}:{customer}"
+
+
+def partition_for(conversation: str, partitions: int) -> int:
+    """Stable across processes and machines (CRC-32, not Python's salted hash())."""
+    return zlib.crc32(conversation.encode("utf-8")) % partitions
+
+
+def conversation_id(conversation: str) -> str:
+    """A short, stable id for a conversation: 12 hex digits of its BLAKE2b digest."""
+    return hashlib.blake2b(conversation.encode("utf-8"), digest_size=6).hexdigest()
+
+
+def hash_tag(partition: int) -> str:
+    return f"{{p{partition}}}"
+
+
+def stream_key(topology: Topology, stream: str, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:{stream}"
+
+
+def stream_keys(topology: Topology, stream: str) -> list[str]:
+    """The stream's key in every partition, partition 0 first."""
+    return [stream_key(topology, stream, p) for p in range(topology.partitions)]
+
+
+def conversation_record_key(topology: Topology, conversation: str) -> str:
+    partition = partition_for(conversation, topology.partitions)
+    return f"{topology.prefix}:{hash_tag(partition)}:conv:{conversation}"

@@ -1,0 +1,47 @@
+"""Every Prometheus metric by name, in one registry per process, and the /metrics app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+
+class Metrics:
+    """The process's metrics; built once by the command that runs, passed to what records."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.webhook_requests = Counter(
+            "zapstream_webhook_requests",
+            "Webhook POSTs answered, by HTTP status code",
+            ["code"],
+            registry=self.registry,
+        )
+        self.events_appended = Counter(
+            "zapstream_events_appended",
+            "Events appended to the log, by type",
+            ["type"],
+            registry=self.registry,
+        )
+        self.duplicates_dropped = Counter(
+            "zapstream_duplicates_dropped",
+            "Redeliveries found already appended, by stream",
+            ["stream"],
+            registry=self.registry,
+        )
+        self.append_seconds = Histogram(
+            "zapstream_append_seconds",
+            "Time to dedup-append the events of one POST",
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5),
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

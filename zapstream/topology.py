@@ -1,0 +1,203 @@
+"""Topology: streams.yaml as frozen Structs, checked once at start.
+
+An unknown key, a wrong type, a bad duration or a group naming a stream that does not
+exist raises ConfigError naming the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from zapstream.settings import ConfigError
+
+
+class Duration(float):
+    """Seconds, written in streams.yaml as `300ms`, `2s`, `1.5m`, `24h`, `7d` or a number."""
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+
+
+def parse_duration(value: object) -> Duration:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as `2s`, `300ms`, `24h` or `7d`")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return Duration(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            number, unit = match.groups()
+            return Duration(float(number) * _UNITS[unit or "s"])
+    raise ValueError(f"expected a duration such as `2s`, `300ms`, `24h` or `7d`, got {value!r}")
+
+
+def _dec_hook(type_: type, obj: Any) -> Any:
+    if type_ is Duration:
+        return parse_duration(obj)
+    raise NotImplementedError(f"no decoder for {type_!r}")
+
+
+class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every streams.yaml Struct: a typo in our own file stops the start."""
+
+
+class StreamSpec(_Spec, kw_only=True):
+    description: str = ""
+
+
+class Backoff(_Spec, kw_only=True):
+    """Delay before retry n (1-based): min(base * factor ** (n - 1), max)."""
+
+    base: Duration = Duration(1.0)
+    factor: float = 2.0
+    max: Duration = Duration(300.0)
+
+
+class GroupSpec(_Spec, kw_only=True):
+    # Read in this order: the first stream has the highest priority.
+    streams: tuple[str, ...]
+    concurrency: int = 16
+    batch: int = 100
+    block: Duration = Duration(1.0)
+    # A consumer silent for longer than this is presumed dead; its entries are taken over.
+    idle: Duration = Duration(30.0)
+    max_failures: int = 5
+    backoff: Backoff = Backoff()
+    grace: Duration = Duration(10.0)
+    timeout: Duration = Duration(60.0)
+
+
+class Dedup(_Spec, kw_only=True):
+    # Meta retries an unacknowledged notification for up to 7 days.
+    window: Duration = Duration(7 * 86400.0)
+
+
+class Sessions(_Spec, kw_only=True):
+    gap: Duration = Duration(86400.0)
+
+
+class Webhook(_Spec, kw_only=True):
+    # Meta's documented maximum is 3 MB; we accept up to 3 MiB.
+    max_body: int = 3 * 1024 * 1024
+    append_timeout: Duration = Duration(3.0)
+
+
+class Debounce(_Spec, kw_only=True):
+    quiet: Duration = Duration(2.0)
+    max_wait: Duration = Duration(10.0)
+    policy: Literal["supersede", "send"] = "supersede"
+
+
+class RateLimit(_Spec, kw_only=True):
+    rate: int
+    per: Duration = Duration(1.0)
+    burst: int = 0
+
+
+class RateLimits(_Spec, kw_only=True):
+    per_number: RateLimit = RateLimit(rate=80, burst=20)
+    per_customer: RateLimit = RateLimit(rate=1, per=Duration(6.0), burst=10)
+
+
+class Topology(_Spec, kw_only=True):
+    # Prefix of every Redis key zapstream writes.
+    prefix: str = "zapstream"
+    partitions: int = 1
+    dedup: Dedup = Dedup()
+    sessions: Sessions = Sessions()
+    webhook: Webhook = Webhook()
+    debounce: Debounce = Debounce()
+    rate_limits: RateLimits = RateLimits()
+    streams: dict[str, StreamSpec]
+    groups: dict[str, GroupSpec] = {}
+
+
+# Streams the ingest side writes; every topology must declare them.
+REQUIRED_STREAMS = ("messages", "statuses")
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read and check streams.yaml; every problem is a ConfigError naming file and key."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
+    return parse_topology(text, source=str(path))
+
+
+def parse_topology(text: bytes | str, *, source: str = "streams.yaml") -> Topology:
+    try:
+        topology = msgspec.yaml.decode(text, type=Topology, dec_hook=_dec_hook)
+    except msgspec.ValidationError as err:
+        raise ConfigError(f"{source}: {_describe(err)}") from err
+    except msgspec.DecodeError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from err
+    _check(topology, source)
+    return topology
+
+
+def _describe(err: msgspec.ValidationError) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.groups.send.batch`": put the key first.
+    message, _, where = str(err).rpartition(" - at ")
+    if not message:
+        return str(err)
+    key = where.strip("`").removeprefix("$").lstrip(".") or "(top level)"
+    return f"{key}: {message}"
+
+
+def _check(topology: Topology, source: str) -> None:
+    def fail(key: str, reason: str) -> None:
+        raise ConfigError(f"{source}: {key}: {reason}")
+
+    if not re.match(r"^[A-Za-z0-9_.-]{1,32}$", topology.prefix):
+        fail("prefix", "use 1-32 letters, digits, `_`, `.` or `-`")
+    if not 1 <= topology.partitions <= 1024:
+        fail("partitions", "must be between 1 and 1024")
+    for key, value in (
+        ("dedup.window", topology.dedup.window),
+        ("sessions.gap", topology.sessions.gap),
+        ("webhook.append_timeout", topology.webhook.append_timeout),
+    ):
+        if value <= 0:
+            fail(key, "must be longer than zero")
+    if topology.webhook.max_body < 1024:
+        fail("webhook.max_body", "must be at least 1024 bytes")
+    if topology.debounce.max_wait < topology.debounce.quiet:
+        fail("debounce.max_wait", "must not be shorter than debounce.quiet")
+    for name in ("per_number", "per_customer"):
+        limit: RateLimit = getattr(topology.rate_limits, name)
+        if limit.rate < 1 or limit.per <= 0 or limit.burst < 0:
+            fail(f"rate_limits.{name}", "rate must be >= 1, per > 0 and burst >= 0")
+    for name in topology.streams:
+        if not _NAME.match(name):
+            fail(f"streams.{name}", "a stream name is lowercase letters, digits, `_`, `.`, `-`")
+    for name in REQUIRED_STREAMS:
+        if name not in topology.streams:
+            fail("streams", f"the stream `{name}` is required (the webhook appends to it)")
+    for name, group in topology.groups.items():
+        key = f"groups.{name}"
+        if not _NAME.match(name):
+            fail(key, "a group name is lowercase letters, digits, `_`, `.`, `-`")
+        if not group.streams:
+            fail(f"{key}.streams", "name at least one stream")
+        if len(set(group.streams)) != len(group.streams):
+            fail(f"{key}.streams", "a stream is named twice")
+        for stream in group.streams:
+            if stream not in topology.streams:
+                known = ", ".join(sorted(topology.streams))
+                fail(f"{key}.streams", f"unknown stream `{stream}` (declared: {known})")
+        for field in ("concurrency", "batch", "max_failures"):
+            if getattr(group, field) < 1:
+                fail(f"{key}.{field}", "must be at least 1")
+        for field in ("block", "idle", "grace", "timeout"):
+            if getattr(group, field) <= 0:
+                fail(f"{key}.{field}", "must be longer than zero")
