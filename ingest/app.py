@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -31,11 +32,16 @@ async def warn_if_evicting(redis: Redis) -> None:
     except Exception as err:  # CONFIG may be disabled on a managed Redis; then we cannot tell
         log.warning("redis_policy_unknown", error=f"{type(err).__name__}: {err}")
         return
-    policy = config.get(b"maxmemory-policy") or config.get("maxmemory-policy")
-    policy = policy.decode() if isinstance(policy, bytes) else policy
+    values: dict[Any, Any] = dict(config)
+    policy = values.get(b"maxmemory-policy") or values.get("maxmemory-policy")
+    if isinstance(policy, bytes):
+        policy = policy.decode()
     if policy != "noeviction":
-        log.warning("redis_may_evict_dedup_records", maxmemory_policy=policy,
-                    advice="set maxmemory-policy noeviction")
+        log.warning(
+            "redis_may_evict_dedup_records",
+            maxmemory_policy=policy,
+            advice="set maxmemory-policy noeviction",
+        )
 
 
 def create_app(
@@ -46,10 +52,15 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, IngestContext]]:
         async with contextlib.AsyncExitStack() as stack:
-            client = redis or await stack.enter_async_context(open_redis(settings.redis_url))
+            client = redis
+            if client is None:
+                client = await stack.enter_async_context(open_redis(settings.redis_url))
             await warn_if_evicting(client)
-            yield {"ingest": IngestContext(redis=client, settings=settings, topology=topology,
-                                           metrics=metrics)}
+            yield {
+                "ingest": IngestContext(
+                    redis=client, settings=settings, topology=topology, metrics=metrics
+                )
+            }
 
     routes = [
         Route(WEBHOOK_PATH, verify_subscription, methods=["GET"]),

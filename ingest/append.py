@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError
 
 from ingest.payload import Inbound
 from zapstream.envelope import encode_fields
-from zapstream.keys import conversation_id, conversation_record_key, stream_key, partition_for
+from zapstream.keys import conversation_id, conversation_record_key, partition_for, stream_key
 from zapstream.topology import Topology
 
 APPEND_LUA = Path(__file__).with_name("append.lua").read_text(encoding="utf-8")
@@ -96,7 +96,9 @@ async def dedup_append(
         for index, pair in zip(indexes, result, strict=True):
             if pair:
                 entry_id, session_id = pair
-                appended[index] = Appended(entry_id=entry_id.decode(), session_id=session_id.decode())
+                appended[index] = Appended(
+                    entry_id=entry_id.decode(), session_id=session_id.decode()
+                )
     return appended
 
 
@@ -107,9 +109,9 @@ async def run_append_script(
     if len(calls) == 1:
         keys, args = calls[0]
         try:
-            return [await redis.evalsha(APPEND_SHA, len(keys), *keys, *args)]  # type: ignore[misc]
+            return [await redis.evalsha(APPEND_SHA, len(keys), *keys, *args)]
         except NoScriptError:
-            return [await redis.eval(APPEND_LUA, len(keys), *keys, *args)]  # type: ignore[misc]
+            return [await redis.eval(APPEND_LUA, len(keys), *keys, *args)]
     pipe = redis.pipeline(transaction=False)
     for keys, args in calls:
         pipe.evalsha(APPEND_SHA, len(keys), *keys, *args)
@@ -118,7 +120,7 @@ async def run_append_script(
         if isinstance(result, NoScriptError):
             # NOSCRIPT means the script did not run: running it now appends nothing twice.
             keys, args = calls[index]
-            results[index] = await redis.eval(APPEND_LUA, len(keys), *keys, *args)  # type: ignore[misc]
+            results[index] = await redis.eval(APPEND_LUA, len(keys), *keys, *args)
         elif isinstance(result, Exception):
             raise result
     return results

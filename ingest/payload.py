@@ -28,21 +28,21 @@ class _View(msgspec.Struct, frozen=True, kw_only=True):
 # --- the envelope ---------------------------------------------------------------------------
 
 
-class Change(_View, kw_only=True):
+class Change(_View, frozen=True, kw_only=True):
     field: str
     value: msgspec.Raw = msgspec.Raw(b"null")
 
 
-class Entry(_View, kw_only=True):
+class Entry(_View, frozen=True, kw_only=True):
     changes: list[Change] = []
 
 
-class Notification(_View, kw_only=True):
+class Notification(_View, frozen=True, kw_only=True):
     object: str
     entry: list[Entry]
 
 
-class Value(_View, kw_only=True):
+class Value(_View, frozen=True, kw_only=True):
     metadata: msgspec.Raw = msgspec.Raw(b"null")
     contacts: msgspec.Raw = msgspec.Raw(b"null")
     messages: list[msgspec.Raw] = []
@@ -50,15 +50,15 @@ class Value(_View, kw_only=True):
     errors: list[msgspec.Raw] = []
 
 
-class Metadata(_View, kw_only=True):
+class Metadata(_View, frozen=True, kw_only=True):
     phone_number_id: str
 
 
-class Profile(_View, kw_only=True):
+class Profile(_View, frozen=True, kw_only=True):
     name: str | None = None
 
 
-class Contact(_View, kw_only=True):
+class Contact(_View, frozen=True, kw_only=True):
     wa_id: str | None = None
     user_id: str | None = None
     profile: Profile | None = None
@@ -67,60 +67,60 @@ class Contact(_View, kw_only=True):
 # --- messages: one view per body type we read -----------------------------------------------
 
 
-class Text(_View, kw_only=True):
+class Text(_View, frozen=True, kw_only=True):
     body: str
 
 
-class Media(_View, kw_only=True):  # image, video, audio, document, sticker
+class Media(_View, frozen=True, kw_only=True):  # image, video, audio, document, sticker
     id: str
     mime_type: str = ""
     caption: str | None = None
     filename: str | None = None
 
 
-class Location(_View, kw_only=True):
+class Location(_View, frozen=True, kw_only=True):
     latitude: float
     longitude: float
     name: str | None = None
     address: str | None = None
 
 
-class ReplyChoice(_View, kw_only=True):
+class ReplyChoice(_View, frozen=True, kw_only=True):
     id: str
     title: str
     description: str | None = None
 
 
-class Interactive(_View, kw_only=True):
+class Interactive(_View, frozen=True, kw_only=True):
     type: str
     button_reply: ReplyChoice | None = None
     list_reply: ReplyChoice | None = None
 
 
-class Button(_View, kw_only=True):
+class Button(_View, frozen=True, kw_only=True):
     text: str
     payload: str | None = None
 
 
-class Reaction(_View, kw_only=True):
+class Reaction(_View, frozen=True, kw_only=True):
     message_id: str
     emoji: str | None = None  # absent when the customer removes the reaction
 
 
-class ContactName(_View, kw_only=True):
+class ContactName(_View, frozen=True, kw_only=True):
     formatted_name: str | None = None
 
 
-class ContactCard(_View, kw_only=True):
+class ContactCard(_View, frozen=True, kw_only=True):
     name: ContactName | None = None
 
 
-class Context(_View, kw_only=True):
+class Context(_View, frozen=True, kw_only=True):
     id: str | None = None
     from_: str | None = msgspec.field(name="from", default=None)
 
 
-class Message(_View, kw_only=True):
+class Message(_View, frozen=True, kw_only=True):
     id: str
     from_: str | None = msgspec.field(name="from", default=None)
     from_user_id: str | None = None
@@ -142,16 +142,27 @@ class Message(_View, kw_only=True):
 
 # Message types whose body object must be present: its absence means a malformed message.
 _BODY_REQUIRED = frozenset(
-    {"text", "image", "video", "audio", "document", "sticker", "location", "contacts",
-     "interactive", "button", "reaction"}
+    {
+        "text",
+        "image",
+        "video",
+        "audio",
+        "document",
+        "sticker",
+        "location",
+        "contacts",
+        "interactive",
+        "button",
+        "reaction",
+    }
 )
 
 
-class StatusError(_View, kw_only=True):
+class StatusError(_View, frozen=True, kw_only=True):
     code: int
 
 
-class Status(_View, kw_only=True):
+class Status(_View, frozen=True, kw_only=True):
     id: str
     status: str
     timestamp: str
@@ -257,11 +268,15 @@ def _decode_message(
     if not customer:
         return _rejected(raw, "message: no sender (`from` or `from_user_id`)", phone_number_id)
     if not _is_timestamp(message.timestamp):
-        return _rejected(raw, f"message: `timestamp` is not Unix seconds: {message.timestamp!r}",
-                         phone_number_id)
+        return _rejected(
+            raw, f"message: `timestamp` is not Unix seconds: {message.timestamp!r}", phone_number_id
+        )
     if message.type in _BODY_REQUIRED and getattr(message, message.type) is None:
-        return _rejected(raw, f"message: type {message.type!r} without its `{message.type}` object",
-                         phone_number_id)
+        return _rejected(
+            raw,
+            f"message: type {message.type!r} without its `{message.type}` object",
+            phone_number_id,
+        )
     timestamp = int(message.timestamp)
     dedup_id = message.id
     if message.reaction is not None:
@@ -296,8 +311,9 @@ def _decode_status(raw: msgspec.Raw, phone_number_id: str, metadata_error: str) 
     if metadata_error:
         return _rejected(raw, metadata_error, phone_number_id)
     if not _is_timestamp(status.timestamp):
-        return _rejected(raw, f"status: `timestamp` is not Unix seconds: {status.timestamp!r}",
-                         phone_number_id)
+        return _rejected(
+            raw, f"status: `timestamp` is not Unix seconds: {status.timestamp!r}", phone_number_id
+        )
     customer = status.recipient_id or status.recipient_user_id or ""
     event = StatusUpdated(
         message_id=status.id,

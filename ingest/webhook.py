@@ -83,7 +83,9 @@ async def _receive(request: Request, ingest: IngestContext) -> Response:
         log.warning("webhook_body_too_large", limit=limit)
         return PlainTextResponse(f"body larger than {limit} bytes\n", status_code=413)
     try:
-        verify_signature(body, request.headers.get("x-hub-signature-256"), ingest.settings.app_secrets)
+        verify_signature(
+            body, request.headers.get("x-hub-signature-256"), ingest.settings.app_secrets
+        )
     except SignatureError as err:
         log.warning("webhook_signature_rejected", reason=str(err))
         return PlainTextResponse("invalid signature\n", status_code=401)
@@ -113,11 +115,21 @@ async def _receive(request: Request, ingest: IngestContext) -> Response:
         type_name = TYPE_NAMES[type(event)]
         ingest.metrics.events_appended.labels(type=type_name).inc()
         if isinstance(event, MessageRejected):
-            log.warning("message_rejected", message_id=message_id, session_id=result.session_id,
-                        entry_id=result.entry_id, reason=event.reason)
+            log.warning(
+                "message_rejected",
+                message_id=message_id,
+                session_id=result.session_id,
+                entry_id=result.entry_id,
+                reason=event.reason,
+            )
         else:
-            log.debug("event_appended", type=type_name, message_id=message_id,
-                      session_id=result.session_id, entry_id=result.entry_id)
+            log.debug(
+                "event_appended",
+                type=type_name,
+                message_id=message_id,
+                session_id=result.session_id,
+                entry_id=result.entry_id,
+            )
     answer = Received(appended=appended, duplicates=len(items) - appended)
     return Response(_received_encoder.encode(answer), media_type="application/json")
 

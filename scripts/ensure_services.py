@@ -22,9 +22,22 @@ import redis.asyncio as aioredis
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 START_REDIS = [
-    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
-    "--logfile", "/var/log/redis/ci.log",
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    "/var/lib/redis",
+    "--logfile",
+    "/var/log/redis/ci.log",
 ]
 
 
@@ -91,10 +104,13 @@ async def ensure(name: str, env: str, local: str, check: object, start: object) 
         print(f"ensure_services: started the local {name}", file=sys.stderr)
         return None
     if docker_answers():
-        print(f"ensure_services: no local {name}; the tests will use testcontainers",
-              file=sys.stderr)
+        print(
+            f"ensure_services: no local {name}; the tests will use testcontainers", file=sys.stderr
+        )
         return None
-    return f"{name}: nothing answers at {local}, it could not be started, and Docker is not available"
+    return (
+        f"{name}: nothing answers at {local}, it could not be started, and Docker is not available"
+    )
 
 
 async def main() -> int:
@@ -102,8 +118,9 @@ async def main() -> int:
         problem
         for problem in (
             await ensure("Redis", "REDIS_URL", LOCAL_REDIS, redis_answers, start_local_redis),
-            await ensure("PostgreSQL", "DATABASE_URL", LOCAL_POSTGRES, postgres_answers,
-                         start_local_postgres),
+            await ensure(
+                "PostgreSQL", "DATABASE_URL", LOCAL_POSTGRES, postgres_answers, start_local_postgres
+            ),
         )
         if problem
     ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -62,13 +63,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def serve(settings: Settings, topology: Topology, host: str, port: int) -> int:
     app = create_app(settings, topology, Metrics())
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
     log.info("webhook_serving", host=host, port=port)
-    await server.serve()
+    # uvicorn handles SIGTERM/SIGINT while serving (graceful, then forced), restores the
+    # previous handlers and re-raises the signal it caught: a stop we asked for is success.
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        await server.serve()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("webhook_stopped")
     return 0 if server.started else 1
+
+
+def _ignore(signum: int, frame: object) -> None:
+    pass
 
 
 if __name__ == "__main__":

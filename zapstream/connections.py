@@ -37,7 +37,7 @@ async def ping_redis(redis: Redis, timeout: float = 2.0) -> str | None:
     """None when Redis answers within `timeout`, else why not."""
     try:
         async with asyncio.timeout(timeout):
-            await redis.ping()  # type: ignore[misc]
+            await redis.ping()
     except TimeoutError:
         return f"redis: no answer within {timeout:g}s"
     except Exception as err:  # any failure to answer is a readiness answer, not a crash

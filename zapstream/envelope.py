@@ -33,8 +33,12 @@ _json_encoder = msgspec.json.Encoder()
 def _json_fields(cls: type[Event]) -> frozenset[str]:
     info = msgspec.inspect.type_info(cls)
     assert isinstance(info, msgspec.inspect.StructType)
-    plain = (msgspec.inspect.StrType, msgspec.inspect.IntType, msgspec.inspect.FloatType,
-             msgspec.inspect.BoolType)
+    plain = (
+        msgspec.inspect.StrType,
+        msgspec.inspect.IntType,
+        msgspec.inspect.FloatType,
+        msgspec.inspect.BoolType,
+    )
     return frozenset(f.encode_name for f in info.fields if not isinstance(f.type, plain))
 
 
@@ -68,7 +72,9 @@ def decode_fields(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Event:
         raise UnknownEventError(f"unknown event type {name!r}")
     version = text.pop("v", "1")
     if version != str(cls.version):
-        raise UnknownEventError(f"{name} v{version} is not readable (this version reads v{cls.version})")
+        raise UnknownEventError(
+            f"{name} v{version} is not readable (this version reads v{cls.version})"
+        )
     values: dict[str, Any] = dict(text)
     for key in _JSON_FIELDS[name]:
         if key in values:
@@ -82,5 +88,3 @@ def decode_entry(stream: str, entry_id: bytes | str, fields: Mapping[bytes, byte
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
-
-

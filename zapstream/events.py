@@ -18,7 +18,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     session_id: str = ""
 
 
-class MessageReceived(Event, tag="message.received", kw_only=True):
+class MessageReceived(Event, tag="message.received", frozen=True, kw_only=True):
     message_id: str  # the wamid
     kind: str  # WhatsApp's message type: text, image, reaction, ...
     from_: str = msgspec.field(name="from", default="")  # wa_id; empty for a BSUID-only user
@@ -30,7 +30,7 @@ class MessageReceived(Event, tag="message.received", kw_only=True):
     data: str  # the message object as Meta sent it (JSON)
 
 
-class MessageRejected(Event, tag="message.rejected", kw_only=True):
+class MessageRejected(Event, tag="message.rejected", frozen=True, kw_only=True):
     message_id: str  # the wamid when readable, else `raw:` + a hash of the raw JSON
     raw: str  # the undecodable item exactly as received (JSON)
     reason: str
@@ -39,7 +39,7 @@ class MessageRejected(Event, tag="message.rejected", kw_only=True):
     timestamp: int = 0
 
 
-class StatusUpdated(Event, tag="status.updated", kw_only=True):
+class StatusUpdated(Event, tag="status.updated", frozen=True, kw_only=True):
     message_id: str  # the outbound wamid
     status: str  # sent, delivered, read, failed, played
     timestamp: int
@@ -48,45 +48,45 @@ class StatusUpdated(Event, tag="status.updated", kw_only=True):
     data: str  # the status object as Meta sent it (JSON)
 
 
-class TurnReady(Event, tag="turn.ready", kw_only=True):
+class TurnReady(Event, tag="turn.ready", frozen=True, kw_only=True):
     turn_id: str
     message_ids: list[str]
 
 
-class ReplyGenerated(Event, tag="reply.generated", kw_only=True):
+class ReplyGenerated(Event, tag="reply.generated", frozen=True, kw_only=True):
     turn_id: str
     reply_id: str
     body: str
 
 
-class ReplySent(Event, tag="reply.sent", kw_only=True):
+class ReplySent(Event, tag="reply.sent", frozen=True, kw_only=True):
     turn_id: str
     reply_id: str
     message_id: str
 
 
-class ReplyFailed(Event, tag="reply.failed", kw_only=True):
+class ReplyFailed(Event, tag="reply.failed", frozen=True, kw_only=True):
     turn_id: str
     reply_id: str
     code: int
 
 
-class ReplyBlocked(Event, tag="reply.blocked", kw_only=True):
+class ReplyBlocked(Event, tag="reply.blocked", frozen=True, kw_only=True):
     turn_id: str
     reply_id: str
     reason: str = ""
 
 
-class ReplySuperseded(Event, tag="reply.superseded", kw_only=True):
+class ReplySuperseded(Event, tag="reply.superseded", frozen=True, kw_only=True):
     turn_id: str
     reply_id: str
 
 
-class HandoffRequested(Event, tag="handoff.requested", kw_only=True):
+class HandoffRequested(Event, tag="handoff.requested", frozen=True, kw_only=True):
     turn_id: str = ""
 
 
-class HandoffReleased(Event, tag="handoff.released", kw_only=True):
+class HandoffReleased(Event, tag="handoff.released", frozen=True, kw_only=True):
     turn_id: str = ""
 
 

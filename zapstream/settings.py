@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 
+
 class ConfigError(Exception):
     """A setting or streams.yaml value is missing or wrong; the message names where and why.
 
@@ -40,7 +41,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """Raise ConfigError naming the first required setting that is empty."""
         for name in names:
             if not getattr(self, name):
-                raise ConfigError(f"missing setting {_ENV_NAMES[name]} (set it in the environment or .env)")
+                raise ConfigError(
+                    f"missing setting {_ENV_NAMES[name]} (set it in the environment or .env)"
+                )
 
 
 # Settings field -> environment variable.
@@ -105,5 +108,7 @@ def load_settings(
             values[field] = value
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.responder not in RESPONDERS:
-        raise ConfigError(f"RESPONDER: expected one of {', '.join(RESPONDERS)}, got {settings.responder!r}")
+        raise ConfigError(
+            f"RESPONDER: expected one of {', '.join(RESPONDERS)}, got {settings.responder!r}"
+        )
     return settings

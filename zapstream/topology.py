@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -49,11 +49,11 @@ class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """Base of every streams.yaml Struct: a typo in our own file stops the start."""
 
 
-class StreamSpec(_Spec, kw_only=True):
+class StreamSpec(_Spec, frozen=True, kw_only=True):
     description: str = ""
 
 
-class Backoff(_Spec, kw_only=True):
+class Backoff(_Spec, frozen=True, kw_only=True):
     """Delay before retry n (1-based): min(base * factor ** (n - 1), max)."""
 
     base: Duration = Duration(1.0)
@@ -61,7 +61,7 @@ class Backoff(_Spec, kw_only=True):
     max: Duration = Duration(300.0)
 
 
-class GroupSpec(_Spec, kw_only=True):
+class GroupSpec(_Spec, frozen=True, kw_only=True):
     # Read in this order: the first stream has the highest priority.
     streams: tuple[str, ...]
     concurrency: int = 16
@@ -75,39 +75,39 @@ class GroupSpec(_Spec, kw_only=True):
     timeout: Duration = Duration(60.0)
 
 
-class Dedup(_Spec, kw_only=True):
+class Dedup(_Spec, frozen=True, kw_only=True):
     # Meta retries an unacknowledged notification for up to 7 days.
     window: Duration = Duration(7 * 86400.0)
 
 
-class Sessions(_Spec, kw_only=True):
+class Sessions(_Spec, frozen=True, kw_only=True):
     gap: Duration = Duration(86400.0)
 
 
-class Webhook(_Spec, kw_only=True):
+class Webhook(_Spec, frozen=True, kw_only=True):
     # Meta's documented maximum is 3 MB; we accept up to 3 MiB.
     max_body: int = 3 * 1024 * 1024
     append_timeout: Duration = Duration(3.0)
 
 
-class Debounce(_Spec, kw_only=True):
+class Debounce(_Spec, frozen=True, kw_only=True):
     quiet: Duration = Duration(2.0)
     max_wait: Duration = Duration(10.0)
     policy: Literal["supersede", "send"] = "supersede"
 
 
-class RateLimit(_Spec, kw_only=True):
+class RateLimit(_Spec, frozen=True, kw_only=True):
     rate: int
     per: Duration = Duration(1.0)
     burst: int = 0
 
 
-class RateLimits(_Spec, kw_only=True):
+class RateLimits(_Spec, frozen=True, kw_only=True):
     per_number: RateLimit = RateLimit(rate=80, burst=20)
     per_customer: RateLimit = RateLimit(rate=1, per=Duration(6.0), burst=10)
 
 
-class Topology(_Spec, kw_only=True):
+class Topology(_Spec, frozen=True, kw_only=True):
     # Prefix of every Redis key zapstream writes.
     prefix: str = "zapstream"
     partitions: int = 1
@@ -136,22 +136,57 @@ def load_topology(path: str | Path) -> Topology:
 
 def parse_topology(text: bytes | str, *, source: str = "streams.yaml") -> Topology:
     try:
-        topology = msgspec.yaml.decode(text, type=Topology, dec_hook=_dec_hook)
-    except msgspec.ValidationError as err:
-        raise ConfigError(f"{source}: {_describe(err)}") from err
+        document = msgspec.yaml.decode(text)
     except msgspec.DecodeError as err:
         raise ConfigError(f"{source}: not valid YAML: {err}") from err
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping of settings")
+    # Streams and groups are decoded one by one so that an error names the group's key
+    # (msgspec's path shows a dict key as `[...]`).
+    streams = {
+        str(name): _convert(spec or {}, StreamSpec, source, f"streams.{name}")
+        for name, spec in _mapping(document.pop("streams", None), source, "streams").items()
+    }
+    groups = {
+        str(name): _convert(spec, GroupSpec, source, f"groups.{name}")
+        for name, spec in _mapping(document.pop("groups", None), source, "groups").items()
+    }
+    document["streams"] = {}
+    topology = _convert(document, Topology, source, "")
+    topology = msgspec.structs.replace(topology, streams=streams, groups=groups)
     _check(topology, source)
     return topology
 
 
-def _describe(err: msgspec.ValidationError) -> str:
-    # msgspec says "Expected `int`, got `str` - at `$.groups.send.batch`": put the key first.
+def _mapping(value: object, source: str, key: str) -> dict[object, object]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: {key}: expected a mapping of names")
+    return value
+
+
+_T = TypeVar("_T")
+
+
+def _convert(value: object, type_: type[_T], source: str, key: str) -> _T:
+    try:
+        return msgspec.convert(value, type_, dec_hook=_dec_hook)
+    except msgspec.ValidationError as err:
+        raise ConfigError(f"{source}: {_describe(err, key)}") from err
+
+
+def _describe(err: msgspec.ValidationError, prefix: str) -> str:
+    """`key: reason` from msgspec's "Expected `int`, got `str` - at `$.send.batch`"."""
     message, _, where = str(err).rpartition(" - at ")
     if not message:
-        return str(err)
-    key = where.strip("`").removeprefix("$").lstrip(".") or "(top level)"
-    return f"{key}: {message}"
+        message, where = str(err), "$"
+    parts = [p for p in (prefix, where.strip("`").removeprefix("$").lstrip(".")) if p]
+    unknown = re.match(r"Object contains unknown field `(.+)`", message)
+    if unknown:
+        parts.append(unknown.group(1))
+        message = "unknown key"
+    return f"{'.'.join(parts) or '(top level)'}: {message}"
 
 
 def _check(topology: Topology, source: str) -> None:

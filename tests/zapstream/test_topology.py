@@ -1,0 +1,92 @@
+"""load_topology(): streams.yaml checked at start; every rejection names the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zapstream.settings import ConfigError
+from zapstream.topology import load_topology, parse_duration, parse_topology
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = """
+streams:
+  messages: {}
+  statuses: {}
+"""
+
+
+def test_the_repository_streams_yaml_loads() -> None:
+    topology = load_topology(ROOT / "streams.yaml")
+    assert topology.dedup.window == 7 * 86400
+    assert topology.sessions.gap == 86400
+    assert topology.partitions == 1
+    assert set(topology.groups) >= {"debounce", "respond", "send"}
+    assert topology.groups["send"].backoff.base == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("300ms", 0.3), ("2s", 2), ("1.5m", 90), ("24h", 86400), ("7d", 604800), ("10", 10), (3, 3)],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_defaults_fill_what_the_file_leaves_out() -> None:
+    topology = parse_topology(MINIMAL)
+    assert topology.prefix == "zapstream" and topology.groups == {}
+    assert topology.debounce.quiet == 2 and topology.debounce.max_wait == 10
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        (MINIMAL + "retention: 3d\n", "retention", "unknown key"),
+        (MINIMAL + "dedup: {windw: 7d}\n", "dedup.windw", "unknown key"),
+        (MINIMAL + "partitions: two\n", "partitions", "Expected `int`"),
+        (MINIMAL + "dedup: {window: 7 days}\n", "dedup.window", "expected a duration"),
+        (MINIMAL + "dedup: {window: -1}\n", "dedup.window", "cannot be negative"),
+        (MINIMAL + "sessions: {gap: 0s}\n", "sessions.gap", "longer than zero"),
+        (MINIMAL + "partitions: 0\n", "partitions", "between 1 and 1024"),
+        (
+            MINIMAL + "groups: {g: {streams: [turns]}}\n",
+            "groups.g.streams",
+            "unknown stream `turns`",
+        ),
+        (MINIMAL + "groups: {g: {streams: []}}\n", "groups.g.streams", "at least one stream"),
+        (MINIMAL + "groups: {g: {streams: [messages, messages]}}\n", "groups.g.streams", "twice"),
+        (
+            MINIMAL + "groups: {g: {streams: [messages], concurrency: 0}}\n",
+            "groups.g.concurrency",
+            "at least 1",
+        ),
+        (
+            MINIMAL + "groups: {g: {streams: [messages], idle: soon}}\n",
+            "groups.g.idle",
+            "expected a duration",
+        ),
+        (MINIMAL + "groups: {g: {stream: [messages]}}\n", "groups.g.stream", "unknown key"),
+        (MINIMAL + "groups: [debounce]\n", "groups", "expected a mapping"),
+        ("- a\n- b\n", "(top level)", "expected a mapping"),
+        (MINIMAL + "debounce: {quiet: 5s, max_wait: 1s}\n", "debounce.max_wait", "quiet"),
+        (MINIMAL + "debounce: {policy: drop}\n", "debounce.policy", "Invalid enum value 'drop'"),
+        ("streams: {messages: {}}\n", "streams", "`statuses` is required"),
+        (MINIMAL + "  Bad_Name: {}\n", "streams.Bad_Name", "lowercase"),
+        (MINIMAL + "rate_limits: {per_number: {rate: 0}}\n", "rate_limits.per_number", "rate"),
+    ],
+)
+def test_each_kind_of_bad_file_names_file_key_and_reason(text: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_topology(text, source="conf/streams.yaml")
+    message = str(caught.value)
+    assert message.startswith(f"conf/streams.yaml: {key}: "), message
+    assert reason in message
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_topology("streams: [unclosed")
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: cannot read"):
+        load_topology(tmp_path / "nowhere.yaml")
