@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from structlog.testing import capture_logs
 
 from tests.notifications import fixture_bytes, signed_headers
 from tests.servers import OwnRedis, Webhook
@@ -99,3 +100,23 @@ async def test_restarted_redis_after_a_pause_leaves_one_entry_per_message(
     assert (await post(http, webhook)).status_code == 200
     assert (await post(http, webhook)).status_code == 200
     assert await stream_lengths(own_redis.url) == 2
+
+
+async def test_a_redis_that_may_evict_dedup_records_is_warned_about(
+    own_redis: OwnRedis,
+    start_webhook: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    make_topology: Callable[..., Topology],
+) -> None:
+    async with open_redis(own_redis.url) as redis:
+        await redis.config_set("maxmemory-policy", "volatile-lru")
+    with capture_logs() as logs:
+        await start_webhook(make_settings(redis_url=own_redis.url), make_topology())
+    warnings = [e for e in logs if e["event"] == "redis_may_evict_dedup_records"]
+    assert warnings and warnings[0]["maxmemory_policy"] == "volatile-lru"
+
+    async with open_redis(own_redis.url) as redis:
+        await redis.config_set("maxmemory-policy", "noeviction")
+    with capture_logs() as logs:
+        await start_webhook(make_settings(redis_url=own_redis.url), make_topology())
+    assert not [e for e in logs if e["event"] == "redis_may_evict_dedup_records"]
