@@ -1,10 +1,8 @@
 """dedup_append: append events unless already appended, with their sessions, atomically.
 
 The dedup check, the session update and the XADD happen in one Lua script (append.lua), so
-near-simultaneous redeliveries cannot both get in. Scripts run with EVALSHA and fall back to
-EVAL on NOSCRIPT, so they survive a Redis restart without persistence and need no loading on
-each cluster primary. The events of one call are grouped by hash tag; every group goes in
-one pipelined round trip.
+near-simultaneous redeliveries cannot both get in. The events of one call are grouped by hash
+tag, one script call per tag, all pipelined in one round trip.
 """
 
 from __future__ import annotations
@@ -16,15 +14,14 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from ingest.payload import Inbound
 from zapstream.envelope import encode_fields
 from zapstream.keys import conversation_id, conversation_record_key, partition_for, stream_key
+from zapstream.scripts import Call, Script
 from zapstream.topology import Topology
 
-APPEND_LUA = Path(__file__).with_name("append.lua").read_text(encoding="utf-8")
-APPEND_SHA = hashlib.sha1(APPEND_LUA.encode("utf-8")).hexdigest()
+APPEND = Script(Path(__file__).with_name("append.lua"))
 
 # A conversation record outlives its dedup window and session gap by this margin.
 _RECORD_MARGIN_S = 3600
@@ -48,7 +45,7 @@ class Appended(msgspec.Struct, frozen=True, kw_only=True):
     session_id: str
 
 
-def _script_call(topology: Topology, items: Sequence[Inbound]) -> tuple[list[str], list[Any]]:
+def _script_call(topology: Topology, items: Sequence[Inbound]) -> Call:
     keys: list[str] = []
     args: list[Any] = [
         repr(float(topology.dedup.window)),
@@ -90,7 +87,7 @@ async def dedup_append(
         conversation = item.conversation or _UNKNOWN_CONVERSATION
         groups.setdefault(partition_for(conversation, topology.partitions), []).append(index)
     calls = [_script_call(topology, [items[i] for i in indexes]) for indexes in groups.values()]
-    results = await run_append_script(redis, calls)
+    results = await APPEND.run_many(redis, calls)
     appended: list[Appended | None] = [None] * len(items)
     for indexes, result in zip(groups.values(), results, strict=True):
         for index, pair in zip(indexes, result, strict=True):
@@ -100,27 +97,3 @@ async def dedup_append(
                     entry_id=entry_id.decode(), session_id=session_id.decode()
                 )
     return appended
-
-
-async def run_append_script(
-    redis: Redis, calls: Sequence[tuple[list[str], list[Any]]]
-) -> list[list[Any]]:
-    """Run append.lua once per (keys, args), in one round trip; EVAL only on NOSCRIPT."""
-    if len(calls) == 1:
-        keys, args = calls[0]
-        try:
-            return [await redis.evalsha(APPEND_SHA, len(keys), *keys, *args)]
-        except NoScriptError:
-            return [await redis.eval(APPEND_LUA, len(keys), *keys, *args)]
-    pipe = redis.pipeline(transaction=False)
-    for keys, args in calls:
-        pipe.evalsha(APPEND_SHA, len(keys), *keys, *args)
-    results: list[Any] = await pipe.execute(raise_on_error=False)
-    for index, result in enumerate(results):
-        if isinstance(result, NoScriptError):
-            # NOSCRIPT means the script did not run: running it now appends nothing twice.
-            keys, args = calls[index]
-            results[index] = await redis.eval(APPEND_LUA, len(keys), *keys, *args)
-        elif isinstance(result, Exception):
-            raise result
-    return results

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from collections.abc import Sequence
 
 import structlog
-import uvicorn
 
-from ingest.app import create_app
+from processors.groups import select_handlers
+from zapstream import run
 from zapstream.logs import configure_logging
-from zapstream.metrics import Metrics
-from zapstream.settings import ConfigError, Settings, load_settings
-from zapstream.topology import Topology, load_topology
+from zapstream.settings import ConfigError, load_settings
+from zapstream.topology import load_topology
 
 log = structlog.get_logger()
 
@@ -33,8 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="the webhook HTTP server alone")
     _add_http_options(serve)
 
-    run = commands.add_parser("run", help="everything in one process (for now: the webhook)")
-    _add_http_options(run)
+    everything = commands.add_parser("run", help="everything in one process (for now: the webhook)")
+    _add_http_options(everything)
+
+    work = commands.add_parser("work", help="consumer-group workers")
+    work.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this group (repeatable; default: every group)",
+    )
+    work.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="serve /health, /ready and /metrics on this port",
+    )
     return parser
 
 
@@ -51,42 +65,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         topology = load_topology(settings.config_path)
         if args.command in ("serve", "run"):
             settings.require("app_secrets", "verify_token")
-            return asyncio.run(serve(settings, topology, args.host, args.port))
+            return asyncio.run(run.serve(settings, topology, args.host, args.port))
+        if args.command == "work":
+            handlers = select_handlers(topology, args.group)
+            return asyncio.run(
+                run.work(settings, topology, handlers, metrics_port=args.metrics_port)
+            )
     except ConfigError as err:
         print(f"zapstream: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 2
-
-
-async def serve(settings: Settings, topology: Topology, host: str, port: int) -> int:
-    app = create_app(settings, topology, Metrics())
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
-    server = uvicorn.Server(config)
-    log.info("webhook_serving", host=host, port=port)
-    # uvicorn handles SIGTERM/SIGINT while serving (graceful, then forced), restores the
-    # previous handlers and re-raises the signal it caught: a stop we asked for is success.
-    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        await server.serve()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    log.info("webhook_stopped")
-    return 0 if server.started else 1
-
-
-def _ignore(signum: int, frame: object) -> None:
-    pass
 
 
 if __name__ == "__main__":

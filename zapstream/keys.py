@@ -6,6 +6,9 @@ Layout (prefix `zapstream`, partition 0):
     zapstream:{p0}:statuses                         stream: status.updated
     zapstream:{p0}:conv:<phone_number_id>:<customer> hash: the conversation record (session
                                                      state and dedup records, see append.lua)
+    zapstream:{p0}:alive:<group>:<consumer>         string with a TTL: the consumer's heartbeat
+    zapstream:{p0}:failures:<group>                 hash: entry id -> handler failures so far
+    zapstream:{p0}:dead:<group>                     stream: the group's dead letters
 
 All keys of one partition share the hash tag `{pN}`, so one Lua script may touch them together,
 also on Redis Cluster. A conversation's partition is `partition_for(conversation, partitions)`:
@@ -51,3 +54,21 @@ def stream_keys(topology: Topology, stream: str) -> list[str]:
 def conversation_record_key(topology: Topology, conversation: str) -> str:
     partition = partition_for(conversation, topology.partitions)
     return f"{topology.prefix}:{hash_tag(partition)}:conv:{conversation}"
+
+
+def partition_of(key: str) -> int:
+    """The partition of a key built here, read back from its hash tag."""
+    start = key.index("{p") + 2
+    return int(key[start : key.index("}", start)])
+
+
+def alive_key(topology: Topology, group: str, consumer: str, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:alive:{group}:{consumer}"
+
+
+def failures_key(topology: Topology, group: str, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:failures:{group}"
+
+
+def dead_letter_key(topology: Topology, group: str, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:dead:{group}"

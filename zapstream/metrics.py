@@ -38,6 +38,25 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5),
         )
 
+        def per_group(name: str, documentation: str) -> Counter:
+            return Counter(name, documentation, ["group"], registry=self.registry)
+
+        self.handler_done = per_group("zapstream_handler_done", "Entries handled and acked")
+        self.handler_failed = per_group("zapstream_handler_failed", "Handler failures")
+        self.handler_retried = per_group("zapstream_handler_retried", "Retry outcomes (waits)")
+        self.handler_fenced = per_group(
+            "zapstream_handler_fenced", "Acks refused: another consumer had taken the entry over"
+        )
+        self.dead_lettered = per_group("zapstream_dead_lettered", "Entries dead-lettered")
+        self.reclaimed = per_group("zapstream_reclaimed", "Entries taken over from dead consumers")
+        self.handler_seconds = Histogram(
+            "zapstream_handler_seconds",
+            "Handler run time",
+            ["group"],
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0),
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from processors.groups import HANDLERS
 from zapstream.settings import ConfigError
 from zapstream.topology import load_topology, parse_duration, parse_topology
 
@@ -22,8 +23,7 @@ def test_the_repository_streams_yaml_loads() -> None:
     assert topology.dedup.window == 7 * 86400
     assert topology.sessions.gap == 86400
     assert topology.partitions == 1
-    assert set(topology.groups) >= {"debounce", "respond", "send"}
-    assert topology.groups["send"].backoff.base == 0.5
+    assert set(topology.groups) <= set(HANDLERS)  # every group has its handler
 
 
 @pytest.mark.parametrize(
@@ -32,6 +32,16 @@ def test_the_repository_streams_yaml_loads() -> None:
 )
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_group_settings_and_their_defaults() -> None:
+    topology = parse_topology(
+        MINIMAL + "groups: {g: {streams: [statuses, messages], backoff: {base: 500ms}, idle: 1m}}\n"
+    )
+    group = topology.groups["g"]
+    assert group.streams == ("statuses", "messages")
+    assert group.backoff.base == 0.5 and group.backoff.factor == 2 and group.idle == 60
+    assert (group.concurrency, group.batch, group.max_failures) == (16, 100, 5)
 
 
 def test_defaults_fill_what_the_file_leaves_out() -> None:

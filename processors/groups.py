@@ -1,0 +1,33 @@
+"""The groups table: group name -> handler, checked against streams.yaml at start.
+
+A group is a plain async function `handler(ctx, delivery)`; add one here and configure it
+under `groups:` in streams.yaml. No decorators, no registration at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from processors.runtime import Handler
+from zapstream.settings import ConfigError
+from zapstream.topology import Topology
+
+HANDLERS: dict[str, Handler] = {}
+
+
+def select_handlers(
+    topology: Topology, names: Sequence[str], table: Mapping[str, Handler] = HANDLERS
+) -> dict[str, Handler]:
+    """The handlers of `names` (all groups of streams.yaml when empty), or ConfigError."""
+    chosen = list(names) or list(topology.groups)
+    if not chosen:
+        raise ConfigError("no consumer groups in streams.yaml (see `groups:`)")
+    for name in chosen:
+        if name not in topology.groups:
+            known = ", ".join(sorted(topology.groups)) or "none"
+            raise ConfigError(f"unknown group {name!r} (streams.yaml declares: {known})")
+        if name not in table:
+            raise ConfigError(
+                f"group {name!r} in streams.yaml has no handler in processors/groups.py"
+            )
+    return {name: table[name] for name in chosen}

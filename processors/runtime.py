@@ -1,0 +1,526 @@
+"""The one consumer runtime every group uses.
+
+A group is a plain async handler (groups.py) configured in streams.yaml. GroupRunner reads
+its streams with XREADGROUP in priority order, runs up to `concurrency` handlers at once, and
+settles each entry by the handler's outcome:
+
+    return            done: the entry is acked (fenced: only while this consumer owns it)
+    raise Retry(s)    not done yet (waiting, not failing): tried again after s seconds
+    raise Reject(r)   cannot ever succeed: dead-lettered now
+    raise anything    a failure: retried after the group's backoff, dead-lettered at
+                      max_failures
+
+Any number of runners, in any number of processes, may serve one group. Liveness and reclaim
+are in liveness.py, failures and dead letters in deadletter.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from processors import liveness
+from processors.deadletter import backoff_delay, record_failure
+from zapstream.envelope import Envelope, decode_entry
+from zapstream.keys import failures_key, partition_of, stream_keys
+from zapstream.metrics import Metrics
+from zapstream.scripts import Script
+from zapstream.settings import Settings
+from zapstream.topology import GroupSpec, Topology
+
+log = structlog.get_logger()
+
+ACK = Script(Path(__file__).with_name("ack.lua"))
+FENCED, ACKED, SETTLED_BY_HANDLER = 0, 1, 2  # ack.lua's answers
+
+# Every Redis call of the runtime is bounded; a blocking read by its BLOCK time plus this.
+REDIS_TIMEOUT_S = 5.0
+
+
+class Retry(Exception):
+    """Not done yet: try again after `after` seconds. Not counted as a failure."""
+
+    def __init__(self, after: float = 1.0, reason: str = "") -> None:
+        super().__init__(reason or f"retry after {after:g}s")
+        self.after = after
+
+
+class Reject(Exception):
+    """This entry can never succeed: dead-letter it now."""
+
+
+class HandlerContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What every handler gets besides its delivery: the opened clients and configuration."""
+
+    redis: Redis
+    settings: Settings
+    topology: Topology
+    metrics: Metrics
+    http: Any = None  # an httpx.AsyncClient where the group calls out
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry handed to a handler, with what fences its effects."""
+
+    envelope: Envelope
+    group: str
+    consumer: str
+    key: str  # the stream's Redis key (partition included)
+    fields: dict[bytes, bytes]
+    deliveries: int  # times Redis delivered it, this time included
+    failures: int  # handler failures so far
+
+
+Handler = Callable[[HandlerContext, Delivery], Awaitable[None]]
+
+
+class _Entry(msgspec.Struct, kw_only=True):
+    key: str
+    stream: str
+    entry_id: str
+    fields: dict[bytes, bytes]
+    deliveries: int
+    failures: int | None = None  # None: not known yet (read from Redis when redelivered)
+
+
+class GroupRunner:
+    """One consumer of one group in this process: read, dispatch, settle, stop cleanly."""
+
+    def __init__(
+        self, ctx: HandlerContext, group: str, handler: Handler, *, consumer: str | None = None
+    ) -> None:
+        self.ctx = ctx
+        self.group = group
+        self.spec: GroupSpec = ctx.topology.groups[group]
+        self.handler = handler
+        self.consumer = consumer or liveness.consumer_name()
+        self._keys = {s: stream_keys(ctx.topology, s) for s in self.spec.streams}
+        self._stream_of = {k: s for s, keys in self._keys.items() for k in keys}
+        self._ready: deque[_Entry] = deque()
+        self._waiting: list[tuple[float, int, _Entry]] = []  # retry heap: (due, seq, entry)
+        self._seq = itertools.count()
+        self._running: set[asyncio.Task[None]] = set()
+        self._holding: set[tuple[str, str]] = set()  # (key, entry id) held in memory
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._acks: list[tuple[_Entry, asyncio.Future[int]]] = []
+        self._ack_wakeup = asyncio.Event()
+
+    # --- public ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Read nothing new; finish in-flight work within the grace period; leave the rest."""
+        self._stopping = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Serve the group until stop(); then finish in-flight work within the grace period."""
+        await self._serve(until_idle=False, deadline=None)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Serve until the group holds nothing more (burst mode, for tests and replays)."""
+        await self._serve(until_idle=True, deadline=time.monotonic() + timeout)
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def _serve(self, *, until_idle: bool, deadline: float | None) -> None:
+        await self._create_groups()
+        await liveness.beat(self.ctx.redis, self.ctx.topology, self.group, self.consumer, self.spec)
+        background = [
+            asyncio.create_task(self._heartbeat(), name=f"{self.group}-heartbeat"),
+            asyncio.create_task(self._reclaim_loop(), name=f"{self.group}-reclaim"),
+        ]
+        acker = asyncio.create_task(self._ack_loop(), name=f"{self.group}-acks")
+        log.info("consumer_started", group=self.group, consumer=self.consumer)
+        try:
+            await self._loop(until_idle, deadline)
+        finally:
+            await self._shutdown(background, acker)
+
+    async def _loop(self, until_idle: bool, deadline: float | None) -> None:
+        while not self._stopping:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"group {self.group} still busy after its drain timeout")
+            self._promote_due_retries()
+            self._start_ready()
+            # Keep up to `batch` entries read ahead, so reads stay batched as handlers finish.
+            want = self.spec.batch - len(self._ready)
+            if want <= 0 or len(self._ready) >= self.spec.concurrency:
+                await self._sleep(self._next_due_in())
+                continue
+            entries = await self._read(want, block_ms=None)
+            if not entries:
+                if until_idle:
+                    if not (self._running or self._waiting) and await self._group_is_idle():
+                        return
+                    await self._sleep(min(0.05, self._next_due_in()))
+                    continue
+                if self._ready or len(self._running) >= self.spec.concurrency:
+                    await self._sleep(self._next_due_in())
+                    continue
+                block = min(self.spec.block, self._next_due_in())
+                entries = await self._read(want, block_ms=max(1, int(block * 1000)))
+            self._ready.extend(entries)
+
+    def _start_ready(self) -> None:
+        while self._ready and len(self._running) < self.spec.concurrency:
+            entry = self._ready.popleft()
+            task = asyncio.create_task(self._handle(entry))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # _handle settles every outcome; reaching here is a bug in the runtime itself.
+            log.error("runtime_task_crashed", group=self.group, error=repr(task.exception()))
+        self._wakeup.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wakeup.clear()
+        try:
+            async with asyncio.timeout(max(0.0, seconds)):
+                await self._wakeup.wait()
+        except TimeoutError:
+            pass
+
+    def _next_due_in(self) -> float:
+        if not self._waiting:
+            return self.spec.block
+        return max(0.0, self._waiting[0][0] - time.monotonic())
+
+    def _promote_due_retries(self) -> None:
+        now = time.monotonic()
+        while self._waiting and self._waiting[0][0] <= now:
+            _, _, entry = heapq.heappop(self._waiting)
+            self._ready.append(entry)
+
+    # --- Redis ----------------------------------------------------------------------------
+
+    async def _create_groups(self) -> None:
+        for keys in self._keys.values():
+            for key in keys:
+                try:
+                    async with asyncio.timeout(REDIS_TIMEOUT_S):
+                        # From the start of the log: nothing appended before the first worker
+                        # ran is skipped.
+                        await self.ctx.redis.xgroup_create(key, self.group, id="0", mkstream=True)
+                except ResponseError as err:
+                    if "BUSYGROUP" not in str(err):
+                        raise
+
+    async def _read(self, count: int, block_ms: int | None) -> list[_Entry]:
+        """Up to `count` new entries, highest-priority stream first.
+
+        XREADGROUP over several streams prefers none, so each stream is read on its own, in
+        priority order; only when all are empty does one blocking read wait on all of them.
+        """
+        redis = self.ctx.redis
+        entries: list[_Entry] = []
+        if block_ms is None:
+            for keys in self._keys.values():
+                async with asyncio.timeout(REDIS_TIMEOUT_S):
+                    reply = await redis.xreadgroup(
+                        self.group,
+                        self.consumer,
+                        dict.fromkeys(keys, ">"),
+                        count=count - len(entries),
+                    )
+                entries += self._entries(reply)
+                if len(entries) >= count:
+                    break
+            return entries
+        all_keys = [k for keys in self._keys.values() for k in keys]
+        async with asyncio.timeout(REDIS_TIMEOUT_S + block_ms / 1000):
+            reply = await redis.xreadgroup(
+                self.group, self.consumer, dict.fromkeys(all_keys, ">"), count=count, block=block_ms
+            )
+        return self._entries(reply)
+
+    def _entries(self, reply: Any) -> list[_Entry]:
+        entries = []
+        for key, items in reply.items() if isinstance(reply, dict) else reply or []:
+            text_key = key.decode() if isinstance(key, bytes) else key
+            for entry_id, fields in items:
+                entry = _Entry(
+                    key=text_key,
+                    stream=self._stream_of[text_key],
+                    entry_id=entry_id.decode(),
+                    fields=fields or {},
+                    deliveries=1,
+                )
+                self._holding.add((text_key, entry.entry_id))
+                entries.append(entry)
+        return entries
+
+    async def _group_is_idle(self) -> bool:
+        """Nothing pending for anyone in the group (drain's end)."""
+        for keys in self._keys.values():
+            for key in keys:
+                async with asyncio.timeout(REDIS_TIMEOUT_S):
+                    summary = await self.ctx.redis.xpending(key, self.group)
+                if summary["pending"]:
+                    return False
+        return True
+
+    # --- one entry ------------------------------------------------------------------------
+
+    async def _handle(self, entry: _Entry) -> None:
+        if entry.failures is None:
+            entry.failures = 0
+            if entry.deliveries > 1:  # a redelivery may have failed before
+                at = failures_key(self.ctx.topology, self.group, partition_of(entry.key))
+                async with asyncio.timeout(REDIS_TIMEOUT_S):
+                    entry.failures = int(await self.ctx.redis.hget(at, entry.entry_id) or 0)
+        try:
+            envelope = decode_entry(entry.stream, entry.entry_id, entry.fields)
+        except (ValueError, msgspec.ValidationError) as err:
+            await self._fail(entry, f"undecodable entry: {err}", dead_now=True)
+            return
+        delivery = Delivery(
+            envelope=envelope,
+            group=self.group,
+            consumer=self.consumer,
+            key=entry.key,
+            fields=entry.fields,
+            deliveries=entry.deliveries,
+            failures=entry.failures,
+        )
+        event = envelope.event
+        ids = {
+            name: getattr(event, name)
+            for name in ("message_id", "turn_id")
+            if getattr(event, name, "")
+        }
+        with structlog.contextvars.bound_contextvars(
+            group=self.group, entry_id=entry.entry_id, session_id=event.session_id, **ids
+        ):
+            await self._run_handler(entry, delivery)
+
+    async def _run_handler(self, entry: _Entry, delivery: Delivery) -> None:
+        metrics = self.ctx.metrics
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.spec.timeout):
+                await self.handler(self.ctx, delivery)
+        except Retry as retry:
+            metrics.handler_retried.labels(group=self.group).inc()
+            log.debug("handler_retry", after=retry.after, reason=str(retry))
+            self._schedule(entry, retry.after)
+        except Reject as reject:
+            await self._fail(entry, f"rejected: {reject}", dead_now=True)
+        except Exception as err:  # the runtime alone catches broadly: every failure is counted
+            metrics.handler_seconds.labels(group=self.group).observe(time.perf_counter() - started)
+            await self._fail(entry, f"{type(err).__name__}: {err}", dead_now=False)
+        else:
+            metrics.handler_seconds.labels(group=self.group).observe(time.perf_counter() - started)
+            # The ack after an effect must not be cancelled half-way by a stop.
+            await asyncio.shield(self._ack(entry))
+
+    async def _ack(self, entry: _Entry) -> None:
+        """Queue the fenced ack; acks of entries finished together go in one round trip."""
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._acks.append((entry, done))
+        self._ack_wakeup.set()
+        outcome = await done
+        self._holding.discard((entry.key, entry.entry_id))
+        if outcome in (ACKED, SETTLED_BY_HANDLER):
+            self.ctx.metrics.handler_done.labels(group=self.group).inc()
+        else:
+            self.ctx.metrics.handler_fenced.labels(group=self.group).inc()
+            log.warning("ack_fenced", reason="another consumer took this entry over")
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await self._ack_wakeup.wait()
+            self._ack_wakeup.clear()
+            batch, self._acks = self._acks, []
+            if batch:
+                await self._flush_acks(batch)
+
+    async def _flush_acks(self, batch: list[tuple[_Entry, asyncio.Future[int]]]) -> None:
+        by_key: dict[str, list[tuple[_Entry, asyncio.Future[int]]]] = {}
+        for item in batch:
+            by_key.setdefault(item[0].key, []).append(item)
+        calls = [
+            (
+                [key, failures_key(self.ctx.topology, self.group, partition_of(key))],
+                [self.group, self.consumer, *(entry.entry_id for entry, _ in items)],
+            )
+            for key, items in by_key.items()
+        ]
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT_S):
+                results = await ACK.run_many(self.ctx.redis, calls)
+        except Exception as err:  # the entries stay pending and are handled again later
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(err)
+            return
+        for items, flags in zip(by_key.values(), results, strict=True):
+            for (_, done), flag in zip(items, flags, strict=True):
+                if not done.done():
+                    done.set_result(int(flag))
+
+    async def _fail(self, entry: _Entry, error: str, *, dead_now: bool) -> None:
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            record = await asyncio.shield(
+                record_failure(
+                    self.ctx.redis,
+                    self.ctx.topology,
+                    group=self.group,
+                    consumer=self.consumer,
+                    key=entry.key,
+                    stream=entry.stream,
+                    entry_id=entry.entry_id,
+                    fields=entry.fields,
+                    error=error,
+                    deliveries=entry.deliveries,
+                    max_failures=0 if dead_now else self.spec.max_failures,
+                )
+            )
+        metrics = self.ctx.metrics
+        if record is None:
+            self._holding.discard((entry.key, entry.entry_id))
+            metrics.handler_fenced.labels(group=self.group).inc()
+            log.warning("failure_fenced", error=error)
+            return
+        metrics.handler_failed.labels(group=self.group).inc()
+        entry.failures = record.failures
+        if record.dead_letter_id:
+            self._holding.discard((entry.key, entry.entry_id))
+            metrics.dead_lettered.labels(group=self.group).inc()
+            log.error(
+                "dead_lettered",
+                error=error,
+                failures=record.failures,
+                deliveries=entry.deliveries,
+                dead_letter_id=record.dead_letter_id,
+            )
+            return
+        delay = backoff_delay(self.spec.backoff, record.failures)
+        log.warning("handler_failed", error=error, failures=record.failures, retry_in=delay)
+        self._schedule(entry, delay)
+
+    def _schedule(self, entry: _Entry, after: float) -> None:
+        if self._stopping:
+            return  # left pending: another consumer takes it over once this one has stopped
+        heapq.heappush(self._waiting, (time.monotonic() + after, next(self._seq), entry))
+        self._wakeup.set()
+
+    # --- liveness -------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        interval = liveness.heartbeat_interval(self.spec)
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if now - last > self.spec.idle:
+                # Silent for longer than idle (paused, starved): others may have taken our
+                # entries. Those waiting to retry are dropped; the fence settles the rest.
+                self._lease_lost_at = now
+                dropped = len(self._waiting)
+                for _, _, entry in self._waiting:
+                    self._holding.discard((entry.key, entry.entry_id))
+                self._waiting.clear()
+                log.warning("lease_lost", silent_for=round(now - last, 2), dropped=dropped)
+            try:
+                async with asyncio.timeout(REDIS_TIMEOUT_S):
+                    await liveness.beat(
+                        self.ctx.redis, self.ctx.topology, self.group, self.consumer, self.spec
+                    )
+                last = time.monotonic()
+            except Exception as err:  # keep beating: a Redis outage must not kill the loop
+                log.warning("heartbeat_failed", error=f"{type(err).__name__}: {err}")
+
+    async def _reclaim_loop(self) -> None:
+        interval = liveness.reclaim_interval(self.spec)
+        keys = [k for keys in self._keys.values() for k in keys]
+        while True:
+            await asyncio.sleep(interval)
+            if self._stopping:
+                return
+            try:
+                async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
+                    claimed = await liveness.reclaim(
+                        self.ctx.redis,
+                        self.ctx.topology,
+                        self.group,
+                        self.consumer,
+                        keys,
+                        set(self._holding),
+                    )
+                    await liveness.forget_dead_consumers(
+                        self.ctx.redis,
+                        self.ctx.topology,
+                        self.group,
+                        self.consumer,
+                        self.spec,
+                        keys,
+                    )
+            except Exception as err:  # a failed pass is retried at the next interval
+                log.warning("reclaim_failed", error=f"{type(err).__name__}: {err}")
+                continue
+            for item in claimed:
+                self._holding.add((item.key, item.entry_id))
+                self._ready.append(
+                    _Entry(
+                        key=item.key,
+                        stream=self._stream_of[item.key],
+                        entry_id=item.entry_id,
+                        fields=item.fields,
+                        deliveries=item.deliveries,
+                    )
+                )
+            if claimed:
+                self.ctx.metrics.reclaimed.labels(group=self.group).inc(len(claimed))
+                log.info("entries_reclaimed", group=self.group, count=len(claimed))
+                self._wakeup.set()
+
+    # --- stopping -------------------------------------------------------------------------
+
+    async def _shutdown(
+        self, background: list[asyncio.Task[None]], acker: asyncio.Task[None]
+    ) -> None:
+        self._stopping = True
+        if self._running:
+            _, late = await asyncio.wait(self._running, timeout=self.spec.grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
+                log.warning("grace_period_over", group=self.group, left_pending=len(late))
+        if self._acks:  # shielded acks of finished handlers still go out
+            await self._flush_acks(self._acks)
+            self._acks = []
+        for task in [*background, acker]:
+            task.cancel()
+        await asyncio.gather(*background, acker, return_exceptions=True)
+        keys = [k for keys in self._keys.values() for k in keys]
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT_S):
+                await liveness.release(self.ctx.redis, self.ctx.topology, self.group, self.consumer)
+                for key in keys:
+                    await liveness.forget(
+                        self.ctx.redis, self.ctx.topology, self.group, self.consumer, key
+                    )
+        except Exception as err:  # what is left stays pending: others take it over
+            log.warning("release_failed", error=f"{type(err).__name__}: {err}")
+        log.info(
+            "consumer_stopped",
+            group=self.group,
+            consumer=self.consumer,
+            left_pending=len(self._holding),
+        )

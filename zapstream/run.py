@@ -1,0 +1,144 @@
+"""The long-running commands: `serve` (the webhook) and `work` (consumer groups).
+
+Signals, for both: the first SIGTERM/SIGINT stops gracefully (the webhook finishes its
+requests; each runner reads nothing new and finishes in-flight work within its group's grace
+period, leaving the rest pending for other consumers), then exit 0. A second signal exits at
+once. The previous signal handlers are restored on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import httpx
+import structlog
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from ingest.app import create_app
+from processors.runtime import GroupRunner, Handler, HandlerContext
+from zapstream.connections import open_redis, ping_redis
+from zapstream.metrics import Metrics, metrics_endpoint
+from zapstream.settings import Settings
+from zapstream.topology import Topology
+
+log = structlog.get_logger()
+
+HTTP_TIMEOUT_S = 30.0
+
+
+async def work(
+    settings: Settings,
+    topology: Topology,
+    handlers: Mapping[str, Handler],
+    *,
+    metrics_port: int | None = None,
+    metrics: Metrics | None = None,
+) -> int:
+    """Run one runner per group until a signal; 0 after a clean stop."""
+    metrics = metrics or Metrics()
+    async with (
+        open_redis(settings.redis_url) as redis,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as http,
+    ):
+        ctx = HandlerContext(
+            redis=redis, settings=settings, topology=topology, metrics=metrics, http=http
+        )
+        runners = [GroupRunner(ctx, name, handler) for name, handler in handlers.items()]
+        probes = _probe_server(ctx, metrics_port) if metrics_port else None
+
+        def stop() -> None:
+            for runner in runners:
+                runner.stop()
+
+        with StopOnSignal(stop):
+            async with asyncio.TaskGroup() as tasks:
+                if probes:
+                    tasks.create_task(probes.serve())
+                runner_tasks = [tasks.create_task(r.run()) for r in runners]
+                await asyncio.wait(runner_tasks)
+                if probes:
+                    probes.should_exit = True
+    return 0
+
+
+class StopOnSignal:
+    """First SIGTERM/SIGINT: call `on_stop` in the event loop; second: exit now."""
+
+    def __init__(self, on_stop: Callable[[], None]) -> None:
+        self.on_stop = on_stop
+        self.signals = 0
+        self.previous: dict[int, Any] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def __enter__(self) -> StopOnSignal:
+        self.loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signals += 1
+        name = signal.Signals(signum).name
+        if self.signals > 1:
+            log.warning("forced_exit", signal=name)
+            os._exit(1)
+        log.info("stopping", signal=name)
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.on_stop)  # wakes the loop from its select()
+
+
+class EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves the process's signals to its owner."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: Settings, topology: Topology, host: str, port: int) -> int:
+    """The webhook alone, until a signal."""
+    app = create_app(settings, topology, Metrics())
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=10
+    )
+    server = EmbeddedServer(config)
+    log.info("webhook_serving", host=host, port=port)
+    with StopOnSignal(lambda: setattr(server, "should_exit", True)):
+        await server.serve()
+    log.info("webhook_stopped")
+    return 0 if server.started else 1
+
+
+def _probe_server(ctx: HandlerContext, port: int) -> uvicorn.Server:
+    async def health(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok\n")
+
+    async def ready(request: Request) -> PlainTextResponse:
+        problem = await ping_redis(ctx.redis)
+        if problem:
+            return PlainTextResponse(f"not ready: {problem}\n", status_code=503)
+        return PlainTextResponse("ready\n")
+
+    app = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/ready", ready),
+            Route("/metrics", metrics_endpoint),
+        ]
+    )
+    app.state.metrics = ctx.metrics
+    config = uvicorn.Config(app, host="0.0.0.0", port=port, log_config=None, access_log=False)
+    return EmbeddedServer(config)
