@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from ingest.append import AppendBatcher
 from ingest.probes import health, ready
 from ingest.webhook import IngestContext, receive_notification, verify_subscription
 from zapstream.connections import open_redis
@@ -56,9 +57,15 @@ def create_app(
             if client is None:
                 client = await stack.enter_async_context(open_redis(settings.redis_url))
             await warn_if_evicting(client)
+            appender = AppendBatcher(client, topology)
+            stack.push_async_callback(appender.close)
             yield {
                 "ingest": IngestContext(
-                    redis=client, settings=settings, topology=topology, metrics=metrics
+                    redis=client,
+                    appender=appender,
+                    settings=settings,
+                    topology=topology,
+                    metrics=metrics,
                 )
             }
 

@@ -4,7 +4,9 @@
 -- KEYS, two per event:  stream, conversation record (a hash; all keys share one hash tag)
 -- ARGV[1..4]:           dedup window (s), session gap (s), record TTL (s), event count
 -- then per event:       rule, dedup field, timestamp, conversation id, outbound field,
---                       field count N, N field/value pairs (type, v, session_id first)
+--                       the entry's fields as a JSON array [name, value, ...] (type, v,
+--                       session_id first; one argument instead of two dozen keeps the
+--                       client's packing cheap)
 --
 -- The conversation record holds:
 --   sid, last      the current session id and its latest WhatsApp timestamp
@@ -28,18 +30,18 @@ for i = 1, count do
   local e = {
     stream = KEYS[2 * i - 1], record = KEYS[2 * i], rule = ARGV[a], dedup = ARGV[a + 1],
     ts = tonumber(ARGV[a + 2]), base = ARGV[a + 3], outbound = ARGV[a + 4],
-    nfields = tonumber(ARGV[a + 5]), first = a + 6,
   }
-  if not (e.ts and e.nfields and e.base and e.outbound) or e.nfields < 3
-      or ARGV[e.first] ~= 'type' or ARGV[e.first + 4] ~= 'session_id'
-      or ARGV[e.first + 2 * e.nfields - 1] == nil then
+  local ok, fields = pcall(cjson.decode, ARGV[a + 5] or '')
+  if not (e.ts and e.base and e.outbound and ok) or type(fields) ~= 'table' or #fields < 6
+      or #fields % 2 ~= 0 or fields[1] ~= 'type' or fields[5] ~= 'session_id' then
     return redis.error_reply('ERR zapstream append: malformed arguments for event ' .. i)
   end
+  e.fields = fields
   if e.rule ~= 'advance' and e.rule ~= 'join' and e.rule ~= 'outbound' and e.rule ~= 'none' then
     return redis.error_reply('ERR zapstream append: unknown session rule ' .. tostring(e.rule))
   end
   events[i] = e
-  a = e.first + 2 * e.nfields
+  a = a + 6
 end
 local function check_type(key, want)
   local kind = redis.call('TYPE', key)['ok']
@@ -96,13 +98,9 @@ for i, e in ipairs(events) do
   if seen and now - seen < window then
     result[i] = false
   else
-    local args = {e.stream, '*'}
-    for j = e.first, e.first + 2 * e.nfields - 1 do
-      args[#args + 1] = ARGV[j]
-    end
     local sid = session_for(e)
-    args[8] = sid -- the value of session_id, the third field
-    result[i] = {redis.call('XADD', unpack(args)), sid}
+    e.fields[6] = sid -- the value of session_id, the third field
+    result[i] = {redis.call('XADD', e.stream, '*', unpack(e.fields)), sid}
     redis.call('HSET', e.record, e.dedup, math.floor(now))
     redis.call('EXPIRE', e.record, ttl)
     touched[e.record] = true

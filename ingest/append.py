@@ -7,6 +7,7 @@ tag, one script call per tag, all pipelined in one round trip.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ def outbound_field(wamid: str) -> bytes:
 
 
 _UNKNOWN_CONVERSATION = "-"
+_json = msgspec.json.Encoder()
 
 
 class Appended(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,17 +60,17 @@ def _script_call(topology: Topology, items: Sequence[Inbound]) -> Call:
         partition = partition_for(conversation, topology.partitions)
         keys.append(stream_key(topology, item.stream, partition))
         keys.append(conversation_record_key(topology, conversation))
-        fields = encode_fields(item.event)
+        flat: list[str] = []
+        for name, value in encode_fields(item.event).items():
+            flat += [name, value]
         args += [
             item.session,
             dedup_field(item.dedup_id),
             item.timestamp,
             conversation_id(conversation),
             outbound_field(item.outbound) if item.outbound else b"",
-            len(fields),
+            _json.encode(flat),
         ]
-        for name, value in fields.items():
-            args += [name, value]
     return keys, args
 
 
@@ -97,3 +99,75 @@ async def dedup_append(
                     entry_id=entry_id.decode(), session_id=session_id.decode()
                 )
     return appended
+
+
+class AppendBatcher:
+    """Coalesces the appends of concurrent requests into shared script calls.
+
+    A lone request is appended at once. Under load, while up to `max_in_flight` calls are
+    out, the requests that arrive meanwhile wait and then go together, so the events of many
+    POSTs share one round trip. The script handles events in order, so a duplicate within a
+    batch is still caught. A caller that stops waiting (a timeout) may still see its events
+    appended: Meta's retry then finds them already there.
+    """
+
+    def __init__(
+        self, redis: Redis, topology: Topology, *, max_events: int = 256, max_in_flight: int = 2
+    ) -> None:
+        self.redis = redis
+        self.topology = topology
+        self.max_events = max_events
+        self.max_in_flight = max_in_flight
+        self._queue: list[tuple[Sequence[Inbound], asyncio.Future[list[Appended | None]]]] = []
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def append(self, items: Sequence[Inbound]) -> list[Appended | None]:
+        if not items:
+            return []
+        done: asyncio.Future[list[Appended | None]] = asyncio.get_running_loop().create_future()
+        self._queue.append((items, done))
+        if len(self._flushes) < self.max_in_flight:
+            self._start_flush()
+        return await done
+
+    async def close(self) -> None:
+        """Wait for the calls already sent."""
+        while self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
+
+    def _start_flush(self) -> None:
+        batch: list[tuple[Sequence[Inbound], asyncio.Future[list[Appended | None]]]] = []
+        size = 0
+        while self._queue and (not batch or size + len(self._queue[0][0]) <= self.max_events):
+            items, done = self._queue.pop(0)
+            if done.cancelled():
+                continue  # its caller gave up before the call went out
+            batch.append((items, done))
+            size += len(items)
+        if not batch:
+            return
+        task = asyncio.create_task(self._flush(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flush_done)
+
+    def _flush_done(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        if self._queue and len(self._flushes) < self.max_in_flight:
+            self._start_flush()
+
+    async def _flush(
+        self, batch: list[tuple[Sequence[Inbound], asyncio.Future[list[Appended | None]]]]
+    ) -> None:
+        everything = [item for items, _ in batch for item in items]
+        try:
+            results = await dedup_append(self.redis, self.topology, everything)
+        except Exception as err:  # handed to each waiting caller, which answers 503
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(err)
+            return
+        start = 0
+        for items, done in batch:
+            if not done.done():
+                done.set_result(results[start : start + len(items)])
+            start += len(items)

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from ingest.append import dedup_append
+from ingest.append import AppendBatcher
 from ingest.payload import PayloadError, decode_notification
 from ingest.signature import SignatureError, verify_signature
 from zapstream.events import TYPE_NAMES, MessageRejected
@@ -33,6 +33,7 @@ class IngestContext(msgspec.Struct, frozen=True, kw_only=True):
     """What the webhook's handlers use, opened by the app's lifespan."""
 
     redis: Redis
+    appender: AppendBatcher
     settings: Settings
     topology: Topology
     metrics: Metrics
@@ -71,7 +72,7 @@ async def verify_subscription(request: Request) -> Response:
 async def receive_notification(request: Request) -> Response:
     ingest: IngestContext = request.state.ingest
     response = await _receive(request, ingest)
-    ingest.metrics.webhook_requests.labels(code=str(response.status_code)).inc()
+    ingest.metrics.answered(response.status_code).inc()
     return response
 
 
@@ -97,7 +98,7 @@ async def _receive(request: Request, ingest: IngestContext) -> Response:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(ingest.topology.webhook.append_timeout):
-            results = await dedup_append(ingest.redis, ingest.topology, items)
+            results = await ingest.appender.append(items)
     except (RedisError, OSError, TimeoutError) as err:
         # Some events may be in the log already; Meta's retry appends the rest, each once.
         log.error("webhook_append_failed", error=f"{type(err).__name__}: {err}", events=len(items))
@@ -108,12 +109,12 @@ async def _receive(request: Request, ingest: IngestContext) -> Response:
         event = item.event
         message_id = getattr(event, "message_id", "")
         if result is None:
-            ingest.metrics.duplicates_dropped.labels(stream=item.stream).inc()
+            ingest.metrics.duplicate(item.stream).inc()
             log.debug("event_duplicate", message_id=message_id, stream=item.stream)
             continue
         appended += 1
         type_name = TYPE_NAMES[type(event)]
-        ingest.metrics.events_appended.labels(type=type_name).inc()
+        ingest.metrics.appended(type_name).inc()
         if isinstance(event, MessageRejected):
             log.warning(
                 "message_rejected",

@@ -116,6 +116,7 @@ class GroupRunner:
         self._stopping = False
         self._acks: list[tuple[_Entry, asyncio.Future[int]]] = []
         self._ack_wakeup = asyncio.Event()
+        self._seconds = ctx.metrics.handler_seconds.labels(group=group)
 
     # --- public ---------------------------------------------------------------------------
 
@@ -315,16 +316,16 @@ class GroupRunner:
             async with asyncio.timeout(self.spec.timeout):
                 await self.handler(self.ctx, delivery)
         except Retry as retry:
-            metrics.handler_retried.labels(group=self.group).inc()
+            metrics.group("handler_retried", self.group).inc()
             log.debug("handler_retry", after=retry.after, reason=str(retry))
             self._schedule(entry, retry.after)
         except Reject as reject:
             await self._fail(entry, f"rejected: {reject}", dead_now=True)
         except Exception as err:  # the runtime alone catches broadly: every failure is counted
-            metrics.handler_seconds.labels(group=self.group).observe(time.perf_counter() - started)
+            self._seconds.observe(time.perf_counter() - started)
             await self._fail(entry, f"{type(err).__name__}: {err}", dead_now=False)
         else:
-            metrics.handler_seconds.labels(group=self.group).observe(time.perf_counter() - started)
+            self._seconds.observe(time.perf_counter() - started)
             # The ack after an effect must not be cancelled half-way by a stop.
             await asyncio.shield(self._ack(entry))
 
@@ -336,9 +337,9 @@ class GroupRunner:
         outcome = await done
         self._holding.discard((entry.key, entry.entry_id))
         if outcome in (ACKED, SETTLED_BY_HANDLER):
-            self.ctx.metrics.handler_done.labels(group=self.group).inc()
+            self.ctx.metrics.group("handler_done", self.group).inc()
         else:
-            self.ctx.metrics.handler_fenced.labels(group=self.group).inc()
+            self.ctx.metrics.group("handler_fenced", self.group).inc()
             log.warning("ack_fenced", reason="another consumer took this entry over")
 
     async def _ack_loop(self) -> None:
@@ -393,14 +394,14 @@ class GroupRunner:
         metrics = self.ctx.metrics
         if record is None:
             self._holding.discard((entry.key, entry.entry_id))
-            metrics.handler_fenced.labels(group=self.group).inc()
+            metrics.group("handler_fenced", self.group).inc()
             log.warning("failure_fenced", error=error)
             return
-        metrics.handler_failed.labels(group=self.group).inc()
+        metrics.group("handler_failed", self.group).inc()
         entry.failures = record.failures
         if record.dead_letter_id:
             self._holding.discard((entry.key, entry.entry_id))
-            metrics.dead_lettered.labels(group=self.group).inc()
+            metrics.group("dead_lettered", self.group).inc()
             log.error(
                 "dead_lettered",
                 error=error,
@@ -485,7 +486,7 @@ class GroupRunner:
                     )
                 )
             if claimed:
-                self.ctx.metrics.reclaimed.labels(group=self.group).inc(len(claimed))
+                self.ctx.metrics.group("reclaimed", self.group).inc(len(claimed))
                 log.info("entries_reclaimed", group=self.group, count=len(claimed))
                 self._wakeup.set()
 

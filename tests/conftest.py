@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from ingest.app import create_app
 from tests.notifications import SECRET, VERIFY_TOKEN
+from tests.processors.workers import Workers
 from tests.servers import OwnRedis, Webhook
 from zapstream.connections import open_redis
 from zapstream.logs import configure_logging
@@ -151,6 +152,14 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
     limits = httpx.Limits(max_connections=50, max_keepalive_connections=50)
     async with httpx.AsyncClient(timeout=15, limits=limits) as client:
         yield client
+
+
+@pytest.fixture
+def workers(redis_url: str, redis: Redis, tmp_path: Path) -> Iterator[Workers]:
+    """Worker processes on the test database; any left running are killed afterwards."""
+    pool = Workers(redis_url, tmp_path)
+    yield pool
+    pool.stop_all()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ Exit status: 0 on success, 2 on bad usage (argparse), 1 on failure with a one-li
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -65,10 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         topology = load_topology(settings.config_path)
         if args.command in ("serve", "run"):
             settings.require("app_secrets", "verify_token")
-            return asyncio.run(run.serve(settings, topology, args.host, args.port))
+            return run.run_command(run.serve(settings, topology, args.host, args.port))
         if args.command == "work":
             handlers = select_handlers(topology, args.group)
-            return asyncio.run(
+            return run.run_command(
                 run.work(settings, topology, handlers, metrics_port=args.metrics_port)
             )
     except ConfigError as err:

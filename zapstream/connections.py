@@ -23,7 +23,6 @@ async def open_redis(url: str, *, max_connections: int = 64) -> AsyncIterator[Re
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
         socket_timeout=REDIS_SOCKET_TIMEOUT_S,
         socket_keepalive=True,
-        health_check_interval=30,
     )
     client = Redis(connection_pool=pool)
     try:

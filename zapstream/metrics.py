@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
@@ -56,6 +58,25 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0),
         )
+
+    # Labelled children are looked up once: labels() takes a lock on every call.
+
+    @functools.cache  # noqa: B019 - one Metrics per process, kept for its lifetime
+    def answered(self, code: int) -> Counter:
+        return self.webhook_requests.labels(code=str(code))
+
+    @functools.cache  # noqa: B019
+    def appended(self, type_name: str) -> Counter:
+        return self.events_appended.labels(type=type_name)
+
+    @functools.cache  # noqa: B019
+    def duplicate(self, stream: str) -> Counter:
+        return self.duplicates_dropped.labels(stream=stream)
+
+    @functools.cache  # noqa: B019
+    def group(self, counter: str, group: str) -> Counter:
+        metric: Counter = getattr(self, counter)
+        return metric.labels(group=group)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

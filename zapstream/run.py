@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -29,6 +29,11 @@ from zapstream.connections import open_redis, ping_redis
 from zapstream.metrics import Metrics, metrics_endpoint
 from zapstream.settings import Settings
 from zapstream.topology import Topology
+
+try:
+    import uvloop
+except ImportError:  # uvicorn[standard] brings it where it builds (not on Windows)
+    uvloop = None  # type: ignore[assignment]
 
 log = structlog.get_logger()
 
@@ -68,6 +73,14 @@ async def work(
                 if probes:
                     probes.should_exit = True
     return 0
+
+
+def run_command(main: Coroutine[Any, Any, int]) -> int:
+    """Run a command's coroutine on uvloop where it is installed (as uvicorn.run would)."""
+    if uvloop is None:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 class StopOnSignal:

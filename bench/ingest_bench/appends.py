@@ -17,13 +17,14 @@ from urllib.parse import urlsplit
 import msgspec
 
 import ingest.append
-from ingest.append import _script_call, dedup_append
+from ingest.append import AppendBatcher, _script_call, dedup_append
 from ingest.payload import Inbound, decode_notification
 from ingest_bench import benchdb
 from ingest_bench.corpus import read_bodies
 from ingest_bench.options import Options
 from ingest_bench.progress import log_progress
 from zapstream.connections import open_redis
+from zapstream.run import uvloop
 from zapstream.topology import Topology
 
 APPEND_LUA = Path(ingest.append.__file__).with_name("append.lua").read_text(encoding="utf-8")
@@ -38,40 +39,43 @@ class RedisBenchmarkError(RuntimeError):
 
 
 class AppendFigures(msgspec.Struct, frozen=True, kw_only=True):
-    python_rate: float  # appends/s
+    python_rate: float  # appends/s through AppendBatcher, the webhook's path
+    unbatched_rate: float  # appends/s with one dedup_append call (one EVALSHA) per event
     python_loop: str  # asyncio or uvloop
     benchmark_rate: float  # appends/s
     command: str  # the redis-benchmark command, as run
 
 
-def loop_name(event_loop: str) -> str:
-    """The loop the Python side runs on for an --event-loop choice."""
-    return "uvloop" if event_loop == "uvloop" else "asyncio"
+def loop_name() -> str:
+    """The loop the Python side runs on: the one `zapstream serve` runs on."""
+    return "asyncio" if uvloop is None else "uvloop"
 
 
-def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop, or None for asyncio.run's default (what `zapstream serve` runs on)."""
-    if event_loop != "uvloop":
-        return None
-    import uvloop
-
-    return uvloop.new_event_loop
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop where installed, as zapstream.run.run_command uses."""
+    return None if uvloop is None else uvloop.new_event_loop
 
 
 async def count_python_appends(
-    redis_url: str, topology: Topology, items: list[Inbound], concurrency: int, seconds: float
+    redis_url: str, topology: Topology, items: list[Inbound], concurrency: int, seconds: float,
+    *, batched: bool,
 ) -> tuple[int, float]:
     """`concurrency` tasks append one item per call until `seconds` pass or the items run out;
-    (appended, seconds taken)."""
+    (appended, seconds taken). Batched: through AppendBatcher, as the webhook appends; else
+    one dedup_append call, one EVALSHA, per item."""
     pending = iter(items)
     appended = 0
     async with open_redis(redis_url) as client:
         await client.script_load(APPEND_LUA)
+        batcher = AppendBatcher(client, topology)
 
         async def append_until(deadline: float) -> None:
             nonlocal appended
             for item in pending:
-                result = await dedup_append(client, topology, [item])
+                if batched:
+                    result = await batcher.append([item])
+                else:
+                    result = await dedup_append(client, topology, [item])
                 if result[0] is None:
                     raise RuntimeError(f"{item.dedup_id} was a duplicate: the corpus repeats")
                 appended += 1
@@ -120,16 +124,19 @@ def run_redis_benchmark(command: list[str]) -> float:
     return float(row.rsplit('","', 7)[1])
 
 
-def measure_python(options: Options, corpus: Path, topology: Topology) -> float:
-    """Appends per second of `dedup_append`, items decoded ahead as the webhook has them."""
+def measure_python(
+    options: Options, corpus: Path, topology: Topology, *, batched: bool
+) -> float:
+    """Appends per second from Python, items decoded ahead as the webhook has them."""
     bodies = read_bodies(corpus, int(options.append_seconds * MAX_PYTHON_RATE))
     items = [item for body in bodies for item in decode_notification(body)]
-    log_progress(f"python: {options.append_concurrency} tasks calling dedup_append for "
-                 f"{options.append_seconds:g} s ({loop_name(options.event_loop)} loop)")
-    with asyncio.Runner(loop_factory=loop_factory(options.event_loop)) as runner:
+    how = "AppendBatcher.append" if batched else "dedup_append"
+    log_progress(f"python: {options.append_concurrency} tasks calling {how} for "
+                 f"{options.append_seconds:g} s ({loop_name()} loop)")
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         appended, elapsed = runner.run(count_python_appends(
             options.redis_url, topology, items, options.append_concurrency,
-            options.append_seconds))
+            options.append_seconds, batched=batched))
     if appended == len(items):
         log_progress(f"  WARNING the Python appenders ran out of items after {elapsed:.1f} s")
     log_progress(f"  {appended / elapsed:,.0f} appends/s ({appended} in {elapsed:.2f} s)")
@@ -167,9 +174,12 @@ def bench_appends(options: Options, corpus: Path, topology: Topology) -> AppendF
     """Python's appends per second, then redis-benchmark's, each on a flushed database."""
     client = benchdb.connect(options.redis_url)
     benchdb.flush(client)
-    python_rate = measure_python(options, corpus, topology)
+    python_rate = measure_python(options, corpus, topology, batched=True)
+    benchdb.flush(client)
+    unbatched_rate = measure_python(options, corpus, topology, batched=False)
     benchdb.flush(client)
     benchmark_rate, command = measure_redis_benchmark(options, corpus, topology)
     benchdb.flush(client)
-    return AppendFigures(python_rate=python_rate, python_loop=loop_name(options.event_loop),
+    return AppendFigures(python_rate=python_rate, unbatched_rate=unbatched_rate,
+                         python_loop=loop_name(),
                          benchmark_rate=benchmark_rate, command=shlex.join(command))

@@ -103,7 +103,7 @@ def measure_log(options: Options, topology: Topology) -> MemoryFigures:
     benchdb.flush(client)
     log_progress(f"memory: appending {len(items):,} messages in "
                  f"{options.memory_customers:,} conversations")
-    with asyncio.Runner(loop_factory=loop_factory(options.event_loop)) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(fill_log(options.redis_url, topology, items))
     streams = [key.encode() for key in stream_keys(topology, "messages")]
     records = list(client.scan_iter(match=f"{topology.prefix}:*:conv:*", count=1000))

@@ -12,14 +12,12 @@ BENCH = Path(__file__).resolve().parent.parent
 REPO = BENCH.parent
 OUT = BENCH / "out"
 
-EVENT_LOOPS = ("zapstream", "uvloop")
 
 
 class Options(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str  # the bench's own database: it is flushed between steps
     config: Path  # streams.yaml for zapstream
     secret: str  # the app secret the corpus is signed with
-    event_loop: str  # zapstream: the loop `zapstream serve` runs on (asyncio's); uvloop
     runs: int  # wrk runs per server; the median is reported
     duration: int  # seconds per wrk run
     threads: int  # wrk threads
@@ -40,9 +38,6 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--config", type=Path, default=REPO / "streams.yaml",
                         help="streams.yaml for zapstream (default: the repository's)")
     parser.add_argument("--secret", default="bench-ingest-app-secret", help="app secret")
-    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="zapstream",
-                        help="zapstream (default): every server and the Python appenders on "
-                        "the loop `zapstream serve` runs on; uvloop: all on uvloop")
     parser.add_argument("--runs", type=int, default=3, help="wrk runs per server (default 3)")
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")

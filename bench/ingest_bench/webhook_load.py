@@ -46,14 +46,11 @@ def wrk_options(options: Options) -> str:
 def server_specs(options: Options) -> list[ServerSpec]:
     """How each server starts: one uvicorn process with `zapstream serve`'s uvicorn options."""
     python = sys.executable
-    loop = ["--event-loop", options.event_loop]
     env = {"WHATSAPP_APP_SECRET": options.secret}
     zapstream = [str(Path(python).with_name("zapstream")), "serve"]
-    if options.event_loop == "uvloop":
-        zapstream = [python, str(PEERS / "zapstream_on_uvloop.py"), "serve"]
     return [
-        ServerSpec(name="bare", argv=[python, str(PEERS / "bare.py"), *loop], env=env),
-        ServerSpec(name="celery", argv=[python, str(PEERS / "celery_app.py"), *loop],
+        ServerSpec(name="bare", argv=[python, str(PEERS / "bare.py")], env=env),
+        ServerSpec(name="celery", argv=[python, str(PEERS / "celery_app.py")],
                    env={**env, "BENCH_BROKER_URL": options.redis_url}),
         ServerSpec(
             name="zapstream", argv=zapstream,

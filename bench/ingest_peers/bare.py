@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_server_options(parser)
     args = parser.parse_args()
-    serve(create_app(), host=args.host, port=args.port, event_loop=args.event_loop)
+    serve(create_app(), host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def main() -> None:
     add_server_options(parser)
     args = parser.parse_args()
     app = create_app(os.environ["BENCH_BROKER_URL"], os.environ["WHATSAPP_APP_SECRET"])
-    serve(app, host=args.host, port=args.port, event_loop=args.event_loop)
+    serve(app, host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

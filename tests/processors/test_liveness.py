@@ -6,74 +6,18 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import msgspec
-import pytest
 from redis.asyncio import Redis
 
 from tests.processors.recording import ATTEMPTS, COMPLETIONS, FENCED, Options, append, topology
+from tests.processors.workers import Workers
 from tests.waiting import eventually
-from zapstream.topology import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP = "g"
 WORK = "zapstream:{p0}:work"
-
-
-class Workers:
-    """Worker processes running `zapstream work`'s code path with a recording handler."""
-
-    def __init__(self, redis_url: str, logs: Path) -> None:
-        self.redis_url = redis_url
-        self.logs = logs
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.log_files: dict[int, Path] = {}
-
-    def start(self, topo: Topology, options: Options) -> subprocess.Popen[bytes]:
-        log = self.logs / f"worker-{len(self.processes)}.log"
-        with log.open("wb") as stderr:
-            process = self._spawn(topo, options, stderr)
-        self.processes.append(process)
-        self.log_files[process.pid] = log
-        return process
-
-    def log(self, process: subprocess.Popen[bytes]) -> str:
-        return self.log_files[process.pid].read_text()
-
-    def _spawn(self, topo: Topology, options: Options, stderr: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.processors.worker",
-                self.redis_url,
-                msgspec.json.encode(msgspec.to_builtins(topo, enc_hook=float)).decode(),
-                GROUP,
-                msgspec.json.encode(options).decode(),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,  # type: ignore[arg-type]
-        )
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGCONT)
-                process.kill()
-            process.wait(timeout=10)
-
-
-@pytest.fixture
-def workers(redis_url: str, redis: Redis, tmp_path: Path) -> Iterator[Workers]:
-    pool = Workers(redis_url, tmp_path)
-    yield pool
-    pool.stop_all()
 
 
 async def consumers(redis: Redis) -> list[dict[str, object]]:

@@ -103,3 +103,21 @@ def test_serve_answers_a_signed_post_and_stops_on_sigterm(redis_url: str) -> Non
         _, stderr = process.communicate(timeout=20)
     assert process.returncode == 0
     assert '"event": "webhook_serving"' in stderr  # JSON log lines off a terminal
+
+
+def test_work_without_groups_exits_1_naming_the_problem(tmp_path: Path) -> None:
+    config = tmp_path / "streams.yaml"
+    config.write_text("streams: {messages: {}, statuses: {}}\n")
+    result = zapstream("work", env={"ZAPSTREAM_CONFIG": str(config)}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "zapstream: no consumer groups in streams.yaml (see `groups:`)"
+
+
+def test_work_with_a_group_that_has_no_handler_exits_1(tmp_path: Path) -> None:
+    config = tmp_path / "streams.yaml"
+    config.write_text(
+        "streams: {messages: {}, statuses: {}}\ngroups: {mine: {streams: [messages]}}\n"
+    )
+    result = zapstream("work", env={"ZAPSTREAM_CONFIG": str(config)}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "group 'mine' in streams.yaml has no handler" in result.stderr
