@@ -20,7 +20,6 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ FENCED, ACKED, SETTLED_BY_HANDLER = 0, 1, 2  # ack.lua's answers
 
 # Every Redis call of the runtime is bounded; a blocking read by its BLOCK time plus this.
 REDIS_TIMEOUT_S = 5.0
+ACK_RETRY_S = 0.5
 
 
 class Retry(Exception):
@@ -94,6 +94,17 @@ class _Entry(msgspec.Struct, kw_only=True):
     failures: int | None = None  # None: not known yet (read from Redis when redelivered)
 
 
+class _Slot:
+    """One worker: its task, and the deadline of the handler it runs (0: none running)."""
+
+    __slots__ = ("deadline", "task", "timed_out")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.deadline = 0.0
+        self.timed_out = False
+
+
 class GroupRunner:
     """One consumer of one group in this process: read, dispatch, settle, stop cleanly."""
 
@@ -107,14 +118,18 @@ class GroupRunner:
         self.consumer = consumer or liveness.consumer_name()
         self._keys = {s: stream_keys(ctx.topology, s) for s in self.spec.streams}
         self._stream_of = {k: s for s, keys in self._keys.items() for k in keys}
-        self._ready: deque[_Entry] = deque()
+        # Read and waiting for a worker; None tells an idle worker to stop.
+        self._ready: asyncio.Queue[_Entry | None] = asyncio.Queue()
         self._waiting: list[tuple[float, int, _Entry]] = []  # retry heap: (due, seq, entry)
         self._seq = itertools.count()
-        self._running: set[asyncio.Task[None]] = set()
+        self._workers: list[asyncio.Task[None]] = []
+        self._slots: list[_Slot] = []
+        self._busy = 0  # workers inside a handler
         self._holding: set[tuple[str, str]] = set()  # (key, entry id) held in memory
-        self._wakeup = asyncio.Event()
-        self._stopping = False
-        self._acks: list[tuple[_Entry, asyncio.Future[int]]] = []
+        self._wakeup = asyncio.Event()  # for the reader: a worker finished, a retry is due
+        self._stopping = False  # read nothing new
+        self._closing = False  # every worker is done: the acker sends what is left and returns
+        self._acks: list[_Entry] = []  # handled; their fenced ack not yet sent
         self._ack_wakeup = asyncio.Event()
         self._seconds = ctx.metrics.handler_seconds.labels(group=group)
 
@@ -143,6 +158,13 @@ class GroupRunner:
             asyncio.create_task(self._reclaim_loop(), name=f"{self.group}-reclaim"),
         ]
         acker = asyncio.create_task(self._ack_loop(), name=f"{self.group}-acks")
+        # A fixed pool of workers, each taking ready entries one at a time: no task per entry.
+        self._slots = [_Slot() for _ in range(self.spec.concurrency)]
+        self._workers = []
+        for n, slot in enumerate(self._slots):
+            slot.task = asyncio.create_task(self._worker(slot), name=f"{self.group}-worker-{n}")
+            self._workers.append(slot.task)
+        background.append(asyncio.create_task(self._watchdog(), name=f"{self.group}-watchdog"))
         log.info("consumer_started", group=self.group, consumer=self.consumer)
         try:
             await self._loop(until_idle, deadline)
@@ -154,39 +176,53 @@ class GroupRunner:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"group {self.group} still busy after its drain timeout")
             self._promote_due_retries()
-            self._start_ready()
-            # Keep up to `batch` entries read ahead, so reads stay batched as handlers finish.
-            want = self.spec.batch - len(self._ready)
-            if want <= 0 or len(self._ready) >= self.spec.concurrency:
+            # Keep up to `batch` entries read ahead, and no more than a batch of acks unsent.
+            ready = self._ready.qsize()
+            want = self.spec.batch - ready
+            full = ready >= self.spec.concurrency or len(self._acks) > self.spec.batch
+            if want <= 0 or full:
                 await self._sleep(self._next_due_in())
                 continue
             entries = await self._read(want, block_ms=None)
             if not entries:
                 if until_idle:
-                    if not (self._running or self._waiting) and await self._group_is_idle():
+                    if self._idle_here() and await self._group_is_idle():
                         return
                     await self._sleep(min(0.05, self._next_due_in()))
                     continue
-                if self._ready or len(self._running) >= self.spec.concurrency:
+                if self._ready.qsize() or self._busy >= self.spec.concurrency:
                     await self._sleep(self._next_due_in())
                     continue
                 block = min(self.spec.block, self._next_due_in())
                 entries = await self._read(want, block_ms=max(1, int(block * 1000)))
-            self._ready.extend(entries)
+            for entry in entries:
+                self._ready.put_nowait(entry)
 
-    def _start_ready(self) -> None:
-        while self._ready and len(self._running) < self.spec.concurrency:
-            entry = self._ready.popleft()
-            task = asyncio.create_task(self._handle(entry))
-            self._running.add(task)
-            task.add_done_callback(self._finished)
+    def _take_ready(self) -> list[_Entry]:
+        """Empty the ready queue; its entries stay pending in Redis."""
+        taken = []
+        while self._ready.qsize():
+            entry = self._ready.get_nowait()
+            if entry is not None:
+                taken.append(entry)
+        return taken
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # _handle settles every outcome; reaching here is a bug in the runtime itself.
-            log.error("runtime_task_crashed", group=self.group, error=repr(task.exception()))
-        self._wakeup.set()
+    def _idle_here(self) -> bool:
+        return not (self._ready.qsize() or self._busy or self._waiting or self._acks)
+
+    async def _worker(self, slot: _Slot) -> None:
+        while not self._stopping:
+            entry = await self._ready.get()
+            if entry is None:
+                return
+            self._busy += 1
+            try:
+                await self._handle(entry, slot)
+            except Exception as err:  # _handle settles every outcome: this is a runtime bug
+                log.error("runtime_worker_error", error=f"{type(err).__name__}: {err}")
+            finally:
+                self._busy -= 1
+                self._wakeup.set()
 
     async def _sleep(self, seconds: float) -> None:
         self._wakeup.clear()
@@ -201,11 +237,14 @@ class GroupRunner:
             return self.spec.block
         return max(0.0, self._waiting[0][0] - time.monotonic())
 
-    def _promote_due_retries(self) -> None:
+    def _promote_due_retries(self) -> bool:
         now = time.monotonic()
+        promoted = False
         while self._waiting and self._waiting[0][0] <= now:
             _, _, entry = heapq.heappop(self._waiting)
-            self._ready.append(entry)
+            self._ready.put_nowait(entry)
+            promoted = True
+        return promoted
 
     # --- Redis ----------------------------------------------------------------------------
 
@@ -277,7 +316,7 @@ class GroupRunner:
 
     # --- one entry ------------------------------------------------------------------------
 
-    async def _handle(self, entry: _Entry) -> None:
+    async def _handle(self, entry: _Entry, slot: _Slot) -> None:
         if entry.failures is None:
             entry.failures = 0
             if entry.deliveries > 1:  # a redelivery may have failed before
@@ -299,22 +338,36 @@ class GroupRunner:
             failures=entry.failures,
         )
         event = envelope.event
-        ids = {
-            name: getattr(event, name)
-            for name in ("message_id", "turn_id")
-            if getattr(event, name, "")
-        }
-        with structlog.contextvars.bound_contextvars(
-            group=self.group, entry_id=entry.entry_id, session_id=event.session_id, **ids
-        ):
-            await self._run_handler(entry, delivery)
+        # Each worker is a task with its own context: binding every id, every time, replaces
+        # the previous entry's without a reset.
+        structlog.contextvars.bind_contextvars(
+            group=self.group,
+            entry_id=entry.entry_id,
+            session_id=event.session_id,
+            message_id=getattr(event, "message_id", ""),
+            turn_id=getattr(event, "turn_id", ""),
+        )
+        await self._run_handler(entry, delivery, slot)
 
-    async def _run_handler(self, entry: _Entry, delivery: Delivery) -> None:
+    async def _run_handler(self, entry: _Entry, delivery: Delivery, slot: _Slot) -> None:
         metrics = self.ctx.metrics
         started = time.perf_counter()
+        slot.deadline = time.monotonic() + self.spec.timeout
         try:
-            async with asyncio.timeout(self.spec.timeout):
+            try:
                 await self.handler(self.ctx, delivery)
+            finally:
+                slot.deadline = 0.0
+        except asyncio.CancelledError:
+            if not slot.timed_out:
+                raise  # a stop: the entry stays pending
+            slot.timed_out = False
+            if slot.task is not None:
+                slot.task.uncancel()
+            self._seconds.observe(time.perf_counter() - started)
+            await self._fail(
+                entry, f"TimeoutError: handler ran past {self.spec.timeout:g}s", dead_now=False
+            )
         except Retry as retry:
             metrics.group("handler_retried", self.group).inc()
             log.debug("handler_retry", after=retry.after, reason=str(retry))
@@ -326,53 +379,57 @@ class GroupRunner:
             await self._fail(entry, f"{type(err).__name__}: {err}", dead_now=False)
         else:
             self._seconds.observe(time.perf_counter() - started)
-            # The ack after an effect must not be cancelled half-way by a stop.
-            await asyncio.shield(self._ack(entry))
-
-    async def _ack(self, entry: _Entry) -> None:
-        """Queue the fenced ack; acks of entries finished together go in one round trip."""
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._acks.append((entry, done))
-        self._ack_wakeup.set()
-        outcome = await done
-        self._holding.discard((entry.key, entry.entry_id))
-        if outcome in (ACKED, SETTLED_BY_HANDLER):
-            self.ctx.metrics.group("handler_done", self.group).inc()
-        else:
-            self.ctx.metrics.group("handler_fenced", self.group).inc()
-            log.warning("ack_fenced", reason="another consumer took this entry over")
+            # The ack goes out from the acker task with the acks of other entries finished
+            # meanwhile: the worker moves on at once, and a stop cannot cut an ack half-way.
+            self._acks.append(entry)
+            self._ack_wakeup.set()
 
     async def _ack_loop(self) -> None:
         while True:
             await self._ack_wakeup.wait()
             self._ack_wakeup.clear()
-            batch, self._acks = self._acks, []
-            if batch:
-                await self._flush_acks(batch)
+            if not await self._flush_acks():
+                await asyncio.sleep(ACK_RETRY_S)  # Redis trouble: the entries stay pending
+                self._ack_wakeup.set()
+            elif self._closing and not self._acks:
+                return
 
-    async def _flush_acks(self, batch: list[tuple[_Entry, asyncio.Future[int]]]) -> None:
-        by_key: dict[str, list[tuple[_Entry, asyncio.Future[int]]]] = {}
-        for item in batch:
-            by_key.setdefault(item[0].key, []).append(item)
+    async def _flush_acks(self) -> bool:
+        """Send the queued acks, one script call per stream key; False if Redis failed."""
+        batch, self._acks = self._acks, []
+        if not batch:
+            return True
+        by_key: dict[str, list[_Entry]] = {}
+        for entry in batch:
+            by_key.setdefault(entry.key, []).append(entry)
         calls = [
             (
                 [key, failures_key(self.ctx.topology, self.group, partition_of(key))],
-                [self.group, self.consumer, *(entry.entry_id for entry, _ in items)],
+                [self.group, self.consumer, *(entry.entry_id for entry in entries)],
             )
-            for key, items in by_key.items()
+            for key, entries in by_key.items()
         ]
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_S):
                 results = await ACK.run_many(self.ctx.redis, calls)
-        except Exception as err:  # the entries stay pending and are handled again later
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(err)
-            return
-        for items, flags in zip(by_key.values(), results, strict=True):
-            for (_, done), flag in zip(items, flags, strict=True):
-                if not done.done():
-                    done.set_result(int(flag))
+        except Exception as err:  # still pending in Redis: these acks are tried again
+            log.warning("ack_failed", error=f"{type(err).__name__}: {err}", entries=len(batch))
+            self._acks[:0] = batch
+            return False
+        done = self.ctx.metrics.group("handler_done", self.group)
+        for entries, outcomes in zip(by_key.values(), results, strict=True):
+            for entry, outcome in zip(entries, outcomes, strict=True):
+                self._holding.discard((entry.key, entry.entry_id))
+                if outcome == FENCED:
+                    self.ctx.metrics.group("handler_fenced", self.group).inc()
+                    log.warning(
+                        "ack_fenced",
+                        entry_id=entry.entry_id,
+                        reason="another consumer took this entry over",
+                    )
+                else:
+                    done.inc()
+        return True
 
     async def _fail(self, entry: _Entry, error: str, *, dead_now: bool) -> None:
         async with asyncio.timeout(REDIS_TIMEOUT_S):
@@ -430,13 +487,13 @@ class GroupRunner:
             now = time.monotonic()
             if now - last > self.spec.idle:
                 # Silent for longer than idle (paused, starved): others may have taken our
-                # entries. Those waiting to retry are dropped; the fence settles the rest.
-                self._lease_lost_at = now
-                dropped = len(self._waiting)
-                for _, _, entry in self._waiting:
+                # entries. Those not yet started are dropped; the fence settles the rest.
+                dropped = [entry for _, _, entry in self._waiting]
+                dropped += self._take_ready()
+                for entry in dropped:
                     self._holding.discard((entry.key, entry.entry_id))
                 self._waiting.clear()
-                log.warning("lease_lost", silent_for=round(now - last, 2), dropped=dropped)
+                log.warning("lease_lost", silent_for=round(now - last, 2), dropped=len(dropped))
             try:
                 async with asyncio.timeout(REDIS_TIMEOUT_S):
                     await liveness.beat(
@@ -445,6 +502,18 @@ class GroupRunner:
                 last = time.monotonic()
             except Exception as err:  # keep beating: a Redis outage must not kill the loop
                 log.warning("heartbeat_failed", error=f"{type(err).__name__}: {err}")
+
+    async def _watchdog(self) -> None:
+        """Cancel handlers running past the group's timeout (one sweep, not a timer each)."""
+        interval = min(1.0, max(0.05, self.spec.timeout / 10))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for slot in self._slots:
+                if slot.deadline and now > slot.deadline and not slot.timed_out:
+                    slot.timed_out = True
+                    if slot.task is not None:
+                        slot.task.cancel()
 
     async def _reclaim_loop(self) -> None:
         interval = liveness.reclaim_interval(self.spec)
@@ -476,7 +545,7 @@ class GroupRunner:
                 continue
             for item in claimed:
                 self._holding.add((item.key, item.entry_id))
-                self._ready.append(
+                self._ready.put_nowait(
                     _Entry(
                         key=item.key,
                         stream=self._stream_of[item.key],
@@ -496,16 +565,23 @@ class GroupRunner:
         self, background: list[asyncio.Task[None]], acker: asyncio.Task[None]
     ) -> None:
         self._stopping = True
-        if self._running:
-            _, late = await asyncio.wait(self._running, timeout=self.spec.grace)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.gather(*late, return_exceptions=True)
-                log.warning("grace_period_over", group=self.group, left_pending=len(late))
-        if self._acks:  # shielded acks of finished handlers still go out
-            await self._flush_acks(self._acks)
-            self._acks = []
+        self._take_ready()  # not started: left pending, for other consumers
+        for _ in self._workers:  # idle workers stop now; busy ones after their entry
+            self._ready.put_nowait(None)
+        _, late = await asyncio.wait(self._workers, timeout=self.spec.grace)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
+            log.warning("grace_period_over", group=self.group, left_pending=len(late))
+        # Finished handlers still get their ack: the acker returns once it has sent them.
+        self._closing = True
+        self._ack_wakeup.set()
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
+                await asyncio.shield(acker)
+        except TimeoutError:
+            log.warning("acks_unsent", entries=len(self._acks))
         for task in [*background, acker]:
             task.cancel()
         await asyncio.gather(*background, acker, return_exceptions=True)

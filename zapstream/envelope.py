@@ -43,6 +43,8 @@ def _json_fields(cls: type[Event]) -> frozenset[str]:
 
 
 _JSON_FIELDS = {name: _json_fields(cls) for name, cls in EVENT_TYPES.items()}
+_VERSIONS = {name: str(cls.version) for name, cls in EVENT_TYPES.items()}
+_json_decoder = msgspec.json.Decoder()
 
 
 def encode_fields(event: Event) -> dict[str, str]:
@@ -65,20 +67,19 @@ def encode_fields(event: Event) -> dict[str, str]:
 
 def decode_fields(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Event:
     """The event an entry holds; raises UnknownEventError or msgspec.ValidationError."""
-    text = {_text(k): _text(v) for k, v in fields.items()}
-    name = text.get("type", "")
+    values: dict[str, Any] = {_text(k): _text(v) for k, v in fields.items()}
+    name = values.get("type", "")
     cls = EVENT_TYPES.get(name)
     if cls is None:
         raise UnknownEventError(f"unknown event type {name!r}")
-    version = text.pop("v", "1")
-    if version != str(cls.version):
+    version = values.pop("v", "1")
+    if version != _VERSIONS[name]:
         raise UnknownEventError(
             f"{name} v{version} is not readable (this version reads v{cls.version})"
         )
-    values: dict[str, Any] = dict(text)
     for key in _JSON_FIELDS[name]:
         if key in values:
-            values[key] = msgspec.json.decode(values[key])
+            values[key] = _json_decoder.decode(values[key])
     return msgspec.convert(values, cls, strict=False)
 
 
@@ -87,4 +88,4 @@ def decode_entry(stream: str, entry_id: bytes | str, fields: Mapping[bytes, byte
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
+    return value.decode() if isinstance(value, bytes) else value

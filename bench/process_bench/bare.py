@@ -1,12 +1,13 @@
 """The ceiling: a bare redis-py asyncio loop, XREADGROUP COUNT <batch> then XACK of the ids read,
-one call after the other, until every entry is consumed. No decoding, no handler, no fence.
+one call after the other, until every entry is consumed. No decoding, no handler, no fence;
+on the same event loop as zapstream (loop.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
+from process_bench.loop import event_loop_name, run_like_work
 from process_bench.progress import log_progress
 from process_bench.turns import GROUP, append_turns, turns_key
 from zapstream.connections import open_redis
@@ -41,7 +42,9 @@ async def consume_once(redis_url: str, topology: Topology, events: int, count: i
 
 def measure_bare(redis_url: str, topology: Topology, events: int, count: int) -> float:
     """Events per second of one bare run."""
-    log_progress(f"bare: XREADGROUP COUNT {count} + XACK over {events:,} entries")
-    elapsed = asyncio.run(consume_once(redis_url, topology, events, count))
+    log_progress(
+        f"bare: XREADGROUP COUNT {count} + XACK over {events:,} entries (on {event_loop_name()})"
+    )
+    elapsed = run_like_work(consume_once(redis_url, topology, events, count))
     log_progress(f"  {events / elapsed:,.0f} events/s ({elapsed:.2f} s)")
     return events / elapsed

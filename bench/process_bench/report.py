@@ -9,6 +9,7 @@ import statistics
 import msgspec
 
 from process_bench.celery_peer import CeleryRun
+from process_bench.loop import event_loop_name
 from process_bench.options import Options
 
 CELERY_TARGET = 20.0  # zapstream's events/s at least this many times Celery's
@@ -74,7 +75,7 @@ def render_report(options: Options, results: Results) -> tuple[str, dict[str, fl
             "zapstream GroupRunner.drain(): read, decode, dispatch, fenced ack",
             options.events,
             results.zapstream,
-            f"concurrency {options.concurrency}, batch {options.batch}",
+            f"concurrency {options.concurrency}, batch {options.batch}, on {event_loop_name()}",
         ),
         (
             "celery",
@@ -88,7 +89,7 @@ def render_report(options: Options, results: Results) -> tuple[str, dict[str, fl
             "bare redis-py XREADGROUP + XACK loop (ceiling)",
             options.events,
             results.bare,
-            f"COUNT {options.batch}, one call at a time",
+            f"COUNT {options.batch}, one call at a time, on {event_loop_name()}",
         ),
     )
     figures: dict[str, float] = {}
@@ -141,5 +142,8 @@ def result_line(figures: dict[str, float]) -> str:
     words = []
     for key in RESULT_KEYS:
         value = figures[key]
-        words.append(f"{key}={value:.0f}" if abs(value) >= 100 else f"{key}={value:.3g}")
+        if key.startswith("load_avg"):
+            words.append(f"{key}={value:.2f}")
+        else:
+            words.append(f"{key}={value:.0f}" if abs(value) >= 100 else f"{key}={value:.3g}")
     return "bench process: " + " ".join(words)

@@ -1,15 +1,15 @@
 """zapstream: a no-op handler group drained by the real runtime, GroupRunner.drain().
 
 Per run: flush the bench's database, pre-append the entries (not timed), then time drain()
-alone: XREADGROUP, decode, dispatch to the handler, fenced ack (ack.lua), as `zapstream run`
-does, in this one process on asyncio's loop.
+alone: XREADGROUP, decode, dispatch to the handler, fenced ack (ack.lua), as `zapstream work`
+does, in this one process and on its event loop (loop.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
+from process_bench.loop import event_loop_name, run_like_work
 from process_bench.progress import log_progress
 from process_bench.turns import GROUP, append_turns, turns_key
 from processors.runtime import Delivery, GroupRunner, HandlerContext
@@ -48,8 +48,8 @@ def measure_zapstream(redis_url: str, topology: Topology, events: int) -> float:
     spec = topology.groups[GROUP]
     log_progress(
         f"zapstream: draining {events:,} entries (concurrency {spec.concurrency}, "
-        f"batch {spec.batch})"
+        f"batch {spec.batch}, on {event_loop_name()})"
     )
-    elapsed = asyncio.run(drain_once(redis_url, topology, events))
+    elapsed = run_like_work(drain_once(redis_url, topology, events))
     log_progress(f"  {events / elapsed:,.0f} events/s ({elapsed:.2f} s)")
     return events / elapsed

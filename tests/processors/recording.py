@@ -54,6 +54,8 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     reject_turns: tuple[str, ...] = ()  # these turn ids raise Reject
     wait_times: int = 0  # raise Retry (a wait) this many times per entry first
     wait_seconds: float = 0.05
+    slow_times: int = 0  # the first attempts this many times take slow_seconds
+    slow_seconds: float = 0.0
 
 
 def recording_handler(options: Options) -> Handler:
@@ -69,6 +71,8 @@ def recording_handler(options: Options) -> Handler:
             raise RuntimeError(f"failure {attempts} of {turn}")
         if attempts <= options.fail_times + options.wait_times:
             raise Retry(options.wait_seconds, reason="waiting for our turn")
+        if attempts <= options.slow_times:
+            await asyncio.sleep(options.slow_seconds)  # simulated slow work, past a timeout
         if options.work_seconds:
             await asyncio.sleep(options.work_seconds)
         settled = await RECORD.run(

@@ -110,6 +110,17 @@ async def test_poison_entry_is_dead_lettered_with_its_payload_and_the_group_goes
     assert await pending(redis) == 0
 
 
+async def test_a_handler_past_its_timeout_is_a_failure_then_retried(redis: Redis) -> None:
+    topo = topology(group(timeout="200ms", backoff={"base": "10ms"}))
+    (entry_id,) = await append(redis, topo, "work", 1)
+    options = Options(slow_times=1, slow_seconds=30)
+    runner = GroupRunner(context(redis, topo), GROUP, recording_handler(options))
+    await runner.drain(timeout=10)
+    assert await completions(redis) == {entry_id: 1}
+    assert int(await redis.hget(ATTEMPTS, entry_id)) == 2
+    assert runner.ctx.metrics.group("handler_failed", GROUP)._value.get() == 1
+
+
 async def test_reject_dead_letters_at_once(redis: Redis) -> None:
     topo = topology(group(max_failures=5))
     ids = await append(redis, topo, "work", 3)
