@@ -11,6 +11,7 @@ import structlog
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ingest.append import AppendBatcher
 from ingest.probes import health, ready
@@ -45,6 +46,16 @@ async def warn_if_evicting(redis: Redis) -> None:
         )
 
 
+class _AsASGI:
+    """Route wraps a function in Request/Response; an object it takes as the ASGI app it is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 def create_app(
     settings: Settings, topology: Topology, metrics: Metrics, *, redis: Redis | None = None
 ) -> Starlette:
@@ -71,7 +82,7 @@ def create_app(
 
     routes = [
         Route(WEBHOOK_PATH, verify_subscription, methods=["GET"]),
-        Route(WEBHOOK_PATH, receive_notification, methods=["POST"]),
+        Route(WEBHOOK_PATH, _AsASGI(receive_notification), methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

@@ -121,14 +121,21 @@ class AppendBatcher:
         self._queue: list[tuple[Sequence[Inbound], asyncio.Future[list[Appended | None]]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
-    async def append(self, items: Sequence[Inbound]) -> list[Appended | None]:
+    async def append(self, items: Sequence[Inbound], timeout: float) -> list[Appended | None]:
+        """As dedup_append; TimeoutError when the answer takes longer than `timeout` s."""
         if not items:
             return []
-        done: asyncio.Future[list[Appended | None]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Appended | None]] = loop.create_future()
+        # A bare timer: cheaper than asyncio.timeout() on this path, taken by every POST.
+        timer = loop.call_at(loop.time() + timeout, _expire, done)
         self._queue.append((items, done))
         if len(self._flushes) < self.max_in_flight:
             self._start_flush()
-        return await done
+        try:
+            return await done
+        finally:
+            timer.cancel()
 
     async def close(self) -> None:
         """Wait for the calls already sent."""
@@ -140,8 +147,8 @@ class AppendBatcher:
         size = 0
         while self._queue and (not batch or size + len(self._queue[0][0]) <= self.max_events):
             items, done = self._queue.pop(0)
-            if done.cancelled():
-                continue  # its caller gave up before the call went out
+            if done.done():
+                continue  # its caller gave up (timed out) before the call went out
             batch.append((items, done))
             size += len(items)
         if not batch:
@@ -160,7 +167,8 @@ class AppendBatcher:
     ) -> None:
         everything = [item for items, _ in batch for item in items]
         try:
-            results = await dedup_append(self.redis, self.topology, everything)
+            async with asyncio.timeout(self.topology.webhook.append_timeout):
+                results = await dedup_append(self.redis, self.topology, everything)
         except Exception as err:  # handed to each waiting caller, which answers 503
             for _, done in batch:
                 if not done.done():
@@ -171,3 +179,8 @@ class AppendBatcher:
             if not done.done():
                 done.set_result(results[start : start + len(items)])
             start += len(items)
+
+
+def _expire(done: asyncio.Future[list[Appended | None]]) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError("the log did not answer in time"))

@@ -7,7 +7,6 @@ makes the retry append each event once).
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import time
 
@@ -17,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from ingest.append import AppendBatcher
 from ingest.payload import PayloadError, decode_notification
@@ -46,10 +46,6 @@ class Received(msgspec.Struct, frozen=True, kw_only=True):
     duplicates: int
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 _received_encoder = msgspec.json.Encoder()
 
 
@@ -69,40 +65,66 @@ async def verify_subscription(request: Request) -> Response:
     return PlainTextResponse("verification refused\n", status_code=403)
 
 
-async def receive_notification(request: Request) -> Response:
-    ingest: IngestContext = request.state.ingest
-    response = await _receive(request, ingest)
-    ingest.metrics.answered(response.status_code).inc()
-    return response
+class _Answer(msgspec.Struct, frozen=True):
+    status: int
+    body: bytes
+    content_type: bytes = b"text/plain; charset=utf-8"
 
 
-async def _receive(request: Request, ingest: IngestContext) -> Response:
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def receive_notification(scope: Scope, receive: Receive, send: Send) -> None:
+    """POST: a plain ASGI app, since every notification takes this path (no Request or
+    Response objects on it)."""
+    ingest: IngestContext = scope["state"]["ingest"]
+    answer = await _receive(scope, receive, ingest)
+    ingest.metrics.answered(answer.status).inc()
+    headers = [
+        (b"content-type", answer.content_type),
+        (b"content-length", str(len(answer.body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+async def _receive(scope: Scope, receive: Receive, ingest: IngestContext) -> _Answer:
     limit = ingest.topology.webhook.max_body
+    declared, signature = "", None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            declared = value.decode("latin-1")
+        elif name == b"x-hub-signature-256":
+            signature = value.decode("latin-1")
     try:
-        body = await _read_bounded(request, limit)
+        body = await _read_bounded(receive, declared, limit)
     except _BodyTooLarge:
         log.warning("webhook_body_too_large", limit=limit)
-        return PlainTextResponse(f"body larger than {limit} bytes\n", status_code=413)
+        return _Answer(413, f"body larger than {limit} bytes\n".encode())
+    except _ClientGone:
+        return _Answer(400, b"client disconnected\n")
     try:
-        verify_signature(
-            body, request.headers.get("x-hub-signature-256"), ingest.settings.app_secrets
-        )
+        verify_signature(body, signature, ingest.settings.app_secrets)
     except SignatureError as err:
         log.warning("webhook_signature_rejected", reason=str(err))
-        return PlainTextResponse("invalid signature\n", status_code=401)
+        return _Answer(401, b"invalid signature\n")
     try:
         items = decode_notification(body)
     except PayloadError as err:
         log.warning("webhook_payload_rejected", reason=str(err))
-        return PlainTextResponse(f"{err}\n", status_code=400)
+        return _Answer(400, f"{err}\n".encode())
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(ingest.topology.webhook.append_timeout):
-            results = await ingest.appender.append(items)
+        results = await ingest.appender.append(items, ingest.topology.webhook.append_timeout)
     except (RedisError, OSError, TimeoutError) as err:
         # Some events may be in the log already; Meta's retry appends the rest, each once.
         log.error("webhook_append_failed", error=f"{type(err).__name__}: {err}", events=len(items))
-        return PlainTextResponse("log unavailable, retry later\n", status_code=503)
+        return _Answer(503, b"log unavailable, retry later\n")
     ingest.metrics.append_seconds.observe(time.perf_counter() - started)
     appended = 0
     for item, result in zip(items, results, strict=True):
@@ -132,22 +154,26 @@ async def _receive(request: Request, ingest: IngestContext) -> Response:
                 entry_id=result.entry_id,
             )
     answer = Received(appended=appended, duplicates=len(items) - appended)
-    return Response(_received_encoder.encode(answer), media_type="application/json")
+    return _Answer(200, _received_encoder.encode(answer), b"application/json")
 
 
-async def _read_bounded(request: Request, limit: int) -> bytes:
+async def _read_bounded(receive: Receive, declared: str, limit: int) -> bytes:
     """The whole body, refused past `limit` bytes before it is read whole."""
-    declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _BodyTooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _same(given: str, expected: str) -> bool:

@@ -73,7 +73,7 @@ async def count_python_appends(
             nonlocal appended
             for item in pending:
                 if batched:
-                    result = await batcher.append([item])
+                    result = await batcher.append([item], topology.webhook.append_timeout)
                 else:
                     result = await dedup_append(client, topology, [item])
                 if result[0] is None:
