@@ -33,6 +33,7 @@ test: services lint typecheck
 bench: services
 	@command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install -y wrk"; exit 1; }
 	$(BIN)/python bench/ingest
+	$(BIN)/python bench/process
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

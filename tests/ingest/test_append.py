@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from ingest.append import Appended, dedup_append, outbound_field
+from ingest.append import AppendBatcher, Appended, dedup_append, outbound_field
 from ingest.payload import Inbound, decode_notification
 from tests.notifications import messages_notification, status_notification, text_message
+from tests.servers import OwnRedis
 from tests.waiting import eventually
+from zapstream.connections import open_redis
 from zapstream.keys import conversation_record_key
 from zapstream.topology import Topology
 
@@ -177,3 +180,36 @@ async def test_dedup_records_are_small_and_pruned_when_expired(
         return bool(await redis.hlen(record) < fields_before)
 
     await eventually(pruned, timeout=10, interval=0.2)
+
+
+async def test_batcher_coalesces_concurrent_appends_and_keeps_each_answer(
+    redis: Redis, make_topology: Callable[..., Topology]
+) -> None:
+    topology = make_topology()
+    batcher = AppendBatcher(redis, topology, max_in_flight=1)
+    items = [message(f"wamid.C{i}", T0 + i, sender=f"1555000{i % 5:04d}") for i in range(40)]
+    await redis.config_resetstat()
+    answers = await asyncio.gather(
+        *(batcher.append([item], timeout=5) for item in items),
+        batcher.append([items[3]], timeout=5),  # a redelivery inside the same burst
+    )
+    calls = int((await redis.info("commandstats"))["cmdstat_evalsha"]["calls"])
+    assert calls < 40, f"{calls} script calls for 41 appends"
+    assert all(a[0] is not None for a in answers[:40])
+    assert answers[40] == [None]  # the duplicate, caught within the batch
+    assert await redis.xlen("zapstream:{p0}:messages") == 40
+    await batcher.close()
+
+
+async def test_batcher_times_out_a_caller_when_redis_does_not_answer(
+    own_redis: OwnRedis, make_topology: Callable[..., Topology]
+) -> None:
+    async with open_redis(own_redis.url) as client:
+        batcher = AppendBatcher(client, make_topology(webhook={"append_timeout": "500ms"}))
+        own_redis.pause()
+        try:
+            with pytest.raises(TimeoutError):
+                await batcher.append([message("wamid.T1", T0)], timeout=0.5)
+        finally:
+            own_redis.resume()
+        await batcher.close()
