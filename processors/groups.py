@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from processors.runtime import Handler
+from processors import debounce
+from processors.runtime import Handler, Tick
 from zapstream.settings import ConfigError
 from zapstream.topology import Topology
 
-HANDLERS: dict[str, Handler] = {}
+HANDLERS: dict[str, Handler] = {
+    "debounce": debounce.on_message_received,
+}
+
+# Periodic work a group does beside its entries, run by each of its consumers.
+TICKS: dict[str, Tick] = {
+    "debounce": debounce.close_due_windows,
+}
 
 
 def select_handlers(

@@ -83,6 +83,9 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Handler = Callable[[HandlerContext, Delivery], Awaitable[None]]
+# A group's periodic work beside its entries (debounce closes due windows), given the group.
+Tick = Callable[[HandlerContext, str], Awaitable[None]]
+TICK_S = 0.05
 
 
 class _Entry(msgspec.Struct, kw_only=True):
@@ -109,12 +112,19 @@ class GroupRunner:
     """One consumer of one group in this process: read, dispatch, settle, stop cleanly."""
 
     def __init__(
-        self, ctx: HandlerContext, group: str, handler: Handler, *, consumer: str | None = None
+        self,
+        ctx: HandlerContext,
+        group: str,
+        handler: Handler,
+        *,
+        tick: Tick | None = None,
+        consumer: str | None = None,
     ) -> None:
         self.ctx = ctx
         self.group = group
         self.spec: GroupSpec = ctx.topology.groups[group]
         self.handler = handler
+        self.tick = tick
         self.consumer = consumer or liveness.consumer_name()
         self._keys = {s: stream_keys(ctx.topology, s) for s in self.spec.streams}
         self._stream_of = {k: s for s, keys in self._keys.items() for k in keys}
@@ -165,6 +175,8 @@ class GroupRunner:
             slot.task = asyncio.create_task(self._worker(slot), name=f"{self.group}-worker-{n}")
             self._workers.append(slot.task)
         background.append(asyncio.create_task(self._watchdog(), name=f"{self.group}-watchdog"))
+        if self.tick is not None:
+            background.append(asyncio.create_task(self._ticker(), name=f"{self.group}-tick"))
         log.info("consumer_started", group=self.group, consumer=self.consumer)
         try:
             await self._loop(until_idle, deadline)
@@ -502,6 +514,16 @@ class GroupRunner:
                 last = time.monotonic()
             except Exception as err:  # keep beating: a Redis outage must not kill the loop
                 log.warning("heartbeat_failed", error=f"{type(err).__name__}: {err}")
+
+    async def _ticker(self) -> None:
+        assert self.tick is not None
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
+                    await self.tick(self.ctx, self.group)
+            except Exception as err:  # a failed tick is tried again at the next one
+                log.warning("tick_failed", group=self.group, error=f"{type(err).__name__}: {err}")
 
     async def _watchdog(self) -> None:
         """Cancel handlers running past the group's timeout (one sweep, not a timer each)."""

@@ -49,8 +49,11 @@ class StatusUpdated(Event, tag="status.updated", frozen=True, kw_only=True):
 
 
 class TurnReady(Event, tag="turn.ready", frozen=True, kw_only=True):
-    turn_id: str
-    message_ids: list[str]
+    turn_id: str  # the session's turn number, from 1
+    message_ids: list[str]  # wamids, in WhatsApp timestamp order
+    entry_ids: list[str] = []  # their message.received entries, same order
+    phone_number_id: str = ""
+    customer: str = ""
 
 
 class ReplyGenerated(Event, tag="reply.generated", frozen=True, kw_only=True):

@@ -9,6 +9,9 @@ Layout (prefix `zapstream`, partition 0):
     zapstream:{p0}:alive:<group>:<consumer>         string with a TTL: the consumer's heartbeat
     zapstream:{p0}:failures:<group>                 hash: entry id -> handler failures so far
     zapstream:{p0}:dead:<group>                     stream: the group's dead letters
+    zapstream:{p0}:burst:<session_id>               sorted set: messages not yet in a turn
+    zapstream:{p0}:due                              sorted set: session -> when its turn is due
+    zapstream:{p0}:session:<session_id>             hash: the session's turns (cut, answered)
 
 All keys of one partition share the hash tag `{pN}`, so one Lua script may touch them together,
 also on Redis Cluster. A conversation's partition is `partition_for(conversation, partitions)`:
@@ -72,3 +75,15 @@ def failures_key(topology: Topology, group: str, partition: int) -> str:
 
 def dead_letter_key(topology: Topology, group: str, partition: int) -> str:
     return f"{topology.prefix}:{hash_tag(partition)}:dead:{group}"
+
+
+def burst_key(topology: Topology, session_id: str, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:burst:{session_id}"
+
+
+def due_key(topology: Topology, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:due"
+
+
+def session_key(topology: Topology, session_id: str, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:session:{session_id}"

@@ -24,7 +24,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from ingest.app import create_app
-from processors.runtime import GroupRunner, Handler, HandlerContext
+from processors.runtime import GroupRunner, Handler, HandlerContext, Tick
 from zapstream.connections import open_redis, ping_redis
 from zapstream.metrics import Metrics, metrics_endpoint
 from zapstream.settings import Settings
@@ -45,6 +45,7 @@ async def work(
     topology: Topology,
     handlers: Mapping[str, Handler],
     *,
+    ticks: Mapping[str, Tick] | None = None,
     metrics_port: int | None = None,
     metrics: Metrics | None = None,
 ) -> int:
@@ -57,7 +58,11 @@ async def work(
         ctx = HandlerContext(
             redis=redis, settings=settings, topology=topology, metrics=metrics, http=http
         )
-        runners = [GroupRunner(ctx, name, handler) for name, handler in handlers.items()]
+        ticks = ticks or {}
+        runners = [
+            GroupRunner(ctx, name, handler, tick=ticks.get(name))
+            for name, handler in handlers.items()
+        ]
         probes = _probe_server(ctx, metrics_port) if metrics_port else None
 
         def stop() -> None:

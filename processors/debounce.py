@@ -1,0 +1,107 @@
+"""The debounce group: a customer's burst of messages becomes one turn.
+
+Windows are timed on the entries' own times (the entry id's milliseconds), not on when a
+worker reads them, and all their state is in Redis, changed only by debounce.lua: any worker
+can close a due window, two racing workers emit one turn.ready, and a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from processors.runtime import Delivery, HandlerContext
+from zapstream.events import MessageReceived
+from zapstream.keys import (
+    burst_key,
+    conversation_key,
+    due_key,
+    partition_for,
+    session_key,
+    stream_key,
+)
+from zapstream.scripts import Script
+from zapstream.topology import Topology
+
+DEBOUNCE = Script(Path(__file__).with_name("debounce.lua"))
+
+# Reactions and system notices are not questions: they neither open nor extend a turn.
+NEVER_OPENS = frozenset({"reaction", "system"})
+# How many due sessions one tick closes per partition; the rest wait for the next tick.
+CLOSE_PER_TICK = 200
+
+
+def _call(
+    topology: Topology, partition: int, session_id: str, args: list[str | int]
+) -> tuple[list[str], list[str | int]]:
+    keys = [
+        stream_key(topology, "messages", partition),
+        due_key(topology, partition),
+        stream_key(topology, "turns", partition),
+        burst_key(topology, session_id, partition),
+        session_key(topology, session_id, partition),
+    ]
+    debounce = topology.debounce
+    ttl = int(topology.sessions.gap + debounce.max_wait) + 86400
+    return keys, [
+        *args[:4],
+        session_id,
+        *args[4:6],
+        int(debounce.quiet * 1000),
+        int(debounce.max_wait * 1000),
+        ttl,
+        *args[6:],
+    ]
+
+
+async def on_message_received(ctx: HandlerContext, delivery: Delivery) -> None:
+    """Add a message to its session's burst; close what is due; ack, in one script."""
+    event = delivery.envelope.event
+    if not isinstance(event, MessageReceived) or event.kind in NEVER_OPENS:
+        return
+    if not event.session_id:
+        return  # no session, no conversation to answer
+    entry_id = delivery.envelope.entry_id
+    partition = partition_for(
+        conversation_key(event.phone_number_id, event.customer), ctx.topology.partitions
+    )
+    member = f"{event.timestamp}|{entry_id}|{event.message_id}"
+    keys, args = _call(
+        ctx.topology,
+        partition,
+        event.session_id,
+        [
+            "add",
+            delivery.group,
+            delivery.consumer,
+            entry_id,
+            member,
+            int(entry_id.split("-", 1)[0]),
+            event.phone_number_id,
+            event.customer,
+        ],
+    )
+    # -1: another consumer took the entry over; the runtime's fenced ack says so.
+    await DEBOUNCE.run(ctx.redis, keys, args)
+
+
+async def close_due_windows(ctx: HandlerContext, group: str) -> None:
+    """Close the turns that are due, in every partition (any worker may; each closes once)."""
+    redis = ctx.redis
+    seconds, micros = await redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+    for partition in range(ctx.topology.partitions):
+        sessions: list[Any] = await redis.zrangebyscore(
+            due_key(ctx.topology, partition), "-inf", now_ms, start=0, num=CLOSE_PER_TICK
+        )
+        if not sessions:
+            continue
+        calls = [
+            _call(
+                ctx.topology, partition, session.decode(), ["close", group, "", "", "", 0, "", ""]
+            )
+            for session in sessions
+        ]
+        async with asyncio.timeout(5):
+            await DEBOUNCE.run_many(redis, calls)
