@@ -20,7 +20,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ class HandlerContext(msgspec.Struct, frozen=True, kw_only=True):
     topology: Topology
     metrics: Metrics
     http: Any = None  # an httpx.AsyncClient where the group calls out
+    responder: Any = None  # the Responder (responder.py) of the respond group
 
 
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,7 +83,7 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     failures: int  # handler failures so far
 
 
-Handler = Callable[[HandlerContext, Delivery], Awaitable[None]]
+Handler = Callable[[HandlerContext, Delivery], Coroutine[Any, Any, None]]
 # A group's periodic work beside its entries (debounce closes due windows), given the group.
 Tick = Callable[[HandlerContext, str], Awaitable[None]]
 TICK_S = 0.05
@@ -98,12 +99,12 @@ class _Entry(msgspec.Struct, kw_only=True):
 
 
 class _Slot:
-    """One worker: its task, and the deadline of the handler it runs (0: none running)."""
+    """One worker: the handler call it awaits, and that call's deadline (0: none running)."""
 
-    __slots__ = ("deadline", "task", "timed_out")
+    __slots__ = ("call", "deadline", "timed_out")
 
     def __init__(self) -> None:
-        self.task: asyncio.Task[None] | None = None
+        self.call: asyncio.Future[None] | None = None
         self.deadline = 0.0
         self.timed_out = False
 
@@ -134,6 +135,7 @@ class GroupRunner:
         self._seq = itertools.count()
         self._workers: list[asyncio.Task[None]] = []
         self._slots: list[_Slot] = []
+        self._loop_ref: asyncio.AbstractEventLoop  # set when the runner starts
         self._busy = 0  # workers inside a handler
         self._holding: set[tuple[str, str]] = set()  # (key, entry id) held in memory
         self._wakeup = asyncio.Event()  # for the reader: a worker finished, a retry is due
@@ -161,6 +163,7 @@ class GroupRunner:
     # --- the loop -------------------------------------------------------------------------
 
     async def _serve(self, *, until_idle: bool, deadline: float | None) -> None:
+        self._loop_ref = asyncio.get_running_loop()
         await self._create_groups()
         await liveness.beat(self.ctx.redis, self.ctx.topology, self.group, self.consumer, self.spec)
         background = [
@@ -170,10 +173,10 @@ class GroupRunner:
         acker = asyncio.create_task(self._ack_loop(), name=f"{self.group}-acks")
         # A fixed pool of workers, each taking ready entries one at a time: no task per entry.
         self._slots = [_Slot() for _ in range(self.spec.concurrency)]
-        self._workers = []
-        for n, slot in enumerate(self._slots):
-            slot.task = asyncio.create_task(self._worker(slot), name=f"{self.group}-worker-{n}")
-            self._workers.append(slot.task)
+        self._workers = [
+            asyncio.create_task(self._worker(slot), name=f"{self.group}-worker-{n}")
+            for n, slot in enumerate(self._slots)
+        ]
         background.append(asyncio.create_task(self._watchdog(), name=f"{self.group}-watchdog"))
         if self.tick is not None:
             background.append(asyncio.create_task(self._ticker(), name=f"{self.group}-tick"))
@@ -234,15 +237,18 @@ class GroupRunner:
                 log.error("runtime_worker_error", error=f"{type(err).__name__}: {err}")
             finally:
                 self._busy -= 1
-                self._wakeup.set()
+                if self._ready.qsize() < self.spec.concurrency:
+                    self._wakeup.set()  # the reader may read more
 
     async def _sleep(self, seconds: float) -> None:
+        """Until woken (a worker finished, entries came back) or `seconds` pass."""
         self._wakeup.clear()
+        # A bare timer: the reader sleeps this way many times a second.
+        timer = asyncio.get_running_loop().call_later(max(0.0, seconds), self._wakeup.set)
         try:
-            async with asyncio.timeout(max(0.0, seconds)):
-                await self._wakeup.wait()
-        except TimeoutError:
-            pass
+            await self._wakeup.wait()
+        finally:
+            timer.cancel()
 
     def _next_due_in(self) -> float:
         if not self._waiting:
@@ -364,18 +370,20 @@ class GroupRunner:
     async def _run_handler(self, entry: _Entry, delivery: Delivery, slot: _Slot) -> None:
         metrics = self.ctx.metrics
         started = time.perf_counter()
+        # The call runs as its own task so that the watchdog can cancel it alone; a worker
+        # cancelled by a stop cancels the call it awaits.
+        slot.timed_out = False
+        slot.call = self._loop_ref.create_task(self.handler(self.ctx, delivery))
         slot.deadline = time.monotonic() + self.spec.timeout
         try:
             try:
-                await self.handler(self.ctx, delivery)
+                await slot.call
             finally:
                 slot.deadline = 0.0
+                slot.call = None
         except asyncio.CancelledError:
             if not slot.timed_out:
                 raise  # a stop: the entry stays pending
-            slot.timed_out = False
-            if slot.task is not None:
-                slot.task.uncancel()
             self._seconds.observe(time.perf_counter() - started)
             await self._fail(
                 entry, f"TimeoutError: handler ran past {self.spec.timeout:g}s", dead_now=False
@@ -532,10 +540,8 @@ class GroupRunner:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for slot in self._slots:
-                if slot.deadline and now > slot.deadline and not slot.timed_out:
-                    slot.timed_out = True
-                    if slot.task is not None:
-                        slot.task.cancel()
+                if slot.deadline and now > slot.deadline and slot.call is not None:
+                    slot.timed_out = slot.call.cancel()
 
     async def _reclaim_loop(self) -> None:
         interval = liveness.reclaim_interval(self.spec)
@@ -594,7 +600,7 @@ class GroupRunner:
         for task in late:
             task.cancel()
         if late:
-            await asyncio.gather(*late, return_exceptions=True)
+            await asyncio.wait(late, timeout=REDIS_TIMEOUT_S)
             log.warning("grace_period_over", group=self.group, left_pending=len(late))
         # Finished handlers still get their ack: the acker returns once it has sent them.
         self._closing = True
@@ -606,7 +612,8 @@ class GroupRunner:
             log.warning("acks_unsent", entries=len(self._acks))
         for task in [*background, acker]:
             task.cancel()
-        await asyncio.gather(*background, acker, return_exceptions=True)
+        # Bounded: whatever a background task waits on, a stop never hangs on it.
+        await asyncio.wait([*background, acker], timeout=REDIS_TIMEOUT_S)
         keys = [k for keys in self._keys.values() for k in keys]
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_S):

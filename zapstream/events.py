@@ -58,8 +58,12 @@ class TurnReady(Event, tag="turn.ready", frozen=True, kw_only=True):
 
 class ReplyGenerated(Event, tag="reply.generated", frozen=True, kw_only=True):
     turn_id: str
-    reply_id: str
+    reply_id: str  # `session_id:turn_id`: the sender's idempotency key
     body: str
+    tokens: int = 0  # the AI's token usage, when known
+    message_ids: list[str] = []  # every message this reply answers (superseded turns' too)
+    phone_number_id: str = ""
+    customer: str = ""
 
 
 class ReplySent(Event, tag="reply.sent", frozen=True, kw_only=True):
@@ -83,6 +87,7 @@ class ReplyBlocked(Event, tag="reply.blocked", frozen=True, kw_only=True):
 class ReplySuperseded(Event, tag="reply.superseded", frozen=True, kw_only=True):
     turn_id: str
     reply_id: str
+    tokens: int = 0  # what the discarded answer cost, when known
 
 
 class HandoffRequested(Event, tag="handoff.requested", frozen=True, kw_only=True):

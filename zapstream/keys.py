@@ -12,6 +12,8 @@ Layout (prefix `zapstream`, partition 0):
     zapstream:{p0}:burst:<session_id>               sorted set: messages not yet in a turn
     zapstream:{p0}:due                              sorted set: session -> when its turn is due
     zapstream:{p0}:session:<session_id>             hash: the session's turns (cut, answered)
+    zapstream:{p0}:context:<session_id>             list: earlier turns, for the AI (bounded)
+    zapstream:{p0}:reply:<session_id>:<turn_id>     string: a completed answer, never regenerated
 
 All keys of one partition share the hash tag `{pN}`, so one Lua script may touch them together,
 also on Redis Cluster. A conversation's partition is `partition_for(conversation, partitions)`:
@@ -87,3 +89,11 @@ def due_key(topology: Topology, partition: int) -> str:
 
 def session_key(topology: Topology, session_id: str, partition: int) -> str:
     return f"{topology.prefix}:{hash_tag(partition)}:session:{session_id}"
+
+
+def context_key(topology: Topology, session_id: str, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:context:{session_id}"
+
+
+def reply_key(topology: Topology, session_id: str, turn_id: str, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:reply:{session_id}:{turn_id}"

@@ -6,95 +6,28 @@ at least 1.5 s between (margins of 5x).
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import msgspec
 from redis.asyncio import Redis
 
-from processors.debounce import close_due_windows, on_message_received
-from processors.runtime import GroupRunner, HandlerContext
+from tests.processors.conversations import (
+    BUSINESS,
+    STATUSES,
+    TURNS,
+    add,
+    count_turns,
+    debouncing,
+    message,
+    pace,
+    turns,
+    windows,
+)
 from tests.waiting import eventually
-from zapstream.envelope import decode_fields, encode_fields
-from zapstream.events import Event, MessageReceived, StatusUpdated, TurnReady
-from zapstream.metrics import Metrics
-from zapstream.settings import Settings
+from zapstream.envelope import decode_fields
+from zapstream.events import StatusUpdated, TurnReady
 from zapstream.topology import Topology
-
-MESSAGES = "zapstream:{p0}:messages"
-STATUSES = "zapstream:{p0}:statuses"
-TURNS = "zapstream:{p0}:turns"
-BUSINESS = "100000000000001"
-
-
-def windows(make_topology: Callable[..., Topology], **debounce: object) -> Topology:
-    return make_topology(
-        debounce={"quiet": "300ms", "max_wait": "1500ms", **debounce},
-        groups={"debounce": {"streams": ["messages"], "concurrency": 8, "idle": "2s"}},
-    )
-
-
-def message(
-    n: int,
-    customer: str = "15550001111",
-    kind: str = "text",
-    ts: int = 1767261600,
-    session: str | None = None,
-) -> MessageReceived:
-    return MessageReceived(
-        session_id=session or f"sess-{customer}",
-        message_id=f"wamid.{customer}.{n}",
-        kind=kind,
-        from_=customer,
-        customer=customer,
-        phone_number_id=BUSINESS,
-        timestamp=ts,
-        data="{}",
-    )
-
-
-async def add(redis: Redis, event: Event, at_ms: int | None = None, stream: str = MESSAGES) -> str:
-    """Append an entry now, or with an id at `at_ms` (an entry written that long ago)."""
-    entry_id = "*" if at_ms is None else f"{at_ms}-*"
-    result = await redis.xadd(stream, encode_fields(event), id=entry_id)  # type: ignore[arg-type]
-    return result.decode()
-
-
-async def turns(redis: Redis) -> list[TurnReady]:
-    found = []
-    for _, fields in await redis.xrange(TURNS):
-        event = decode_fields(fields)
-        assert isinstance(event, TurnReady)
-        found.append(event)
-    return found
-
-
-@asynccontextmanager
-async def debouncing(redis: Redis, topology: Topology, workers: int = 1) -> AsyncIterator[None]:
-    """The debounce group running live (with its window closer) in this process."""
-    ctx = HandlerContext(redis=redis, settings=Settings(), topology=topology, metrics=Metrics())
-    runners = [
-        GroupRunner(ctx, "debounce", on_message_received, tick=close_due_windows)
-        for _ in range(workers)
-    ]
-    tasks = [asyncio.create_task(r.run()) for r in runners]
-    try:
-        yield
-    finally:
-        for runner in runners:
-            runner.stop()
-        await asyncio.gather(*tasks)
-
-
-async def count_turns(redis: Redis, count: int) -> bool:
-    return int(await redis.xlen(TURNS)) >= count if await redis.exists(TURNS) else False
-
-
-async def pace(seconds: float) -> None:
-    """The customer's typing rhythm: input timing, not synchronisation."""
-    await asyncio.sleep(seconds)
 
 
 async def test_three_messages_in_a_window_are_one_turn_in_whatsapp_order(

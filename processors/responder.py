@@ -1,0 +1,151 @@
+"""The respond group: a turn.ready becomes a reply, from a Responder.
+
+One Responder protocol, implementations chosen by RESPONDER (pick_responder). A completed
+answer is stored under `session_id:turn_id` before its reply is claimed, so a turn retried
+after a crash is never answered twice by the AI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import msgspec
+import structlog
+
+from ingest.payload import Message
+from processors.runtime import Delivery, HandlerContext, Retry
+from processors.turns import Claim, read_state, session_ttl, settle_turn
+from zapstream.envelope import decode_fields
+from zapstream.events import MessageReceived, TurnReady
+from zapstream.keys import context_key, conversation_key, partition_for, reply_key, stream_key
+
+log = structlog.get_logger()
+
+# How long a turn waits before looking again whether the turn before it is settled.
+ORDER_WAIT_S = 0.05
+
+
+class Prompt(msgspec.Struct, frozen=True, kw_only=True):
+    """What a responder answers: the customer's unanswered messages, and earlier turns."""
+
+    session_id: str
+    turn_id: str
+    messages: list[str]  # each message described as text, oldest first
+    kinds: list[str]  # WhatsApp's type of each
+    context: list[str]  # earlier turns, oldest first: "customer: ...", "assistant: ..."
+
+
+class Answer(msgspec.Struct, frozen=True, kw_only=True):
+    body: str
+    tokens: int = 0
+    handoff: bool = False  # the customer asked for a human
+
+
+class Responder(Protocol):
+    async def answer(self, prompt: Prompt) -> Answer: ...
+
+
+def describe(message: MessageReceived) -> str:
+    """A message as text for the AI: its body or caption, or what it is."""
+    try:
+        view = msgspec.json.decode(message.data, type=Message)
+    except msgspec.DecodeError:
+        return f"[{message.kind}]"
+    if view.text is not None:
+        return view.text.body
+    media = view.image or view.video or view.audio or view.document or view.sticker
+    if media is not None:
+        return f"[{message.kind}] {media.caption}" if media.caption else f"[{message.kind}]"
+    if view.location is not None:
+        place = ", ".join(p for p in (view.location.name, view.location.address) if p)
+        return f"[location] {place}".rstrip()
+    if view.interactive is not None:
+        choice = view.interactive.button_reply or view.interactive.list_reply
+        return choice.title if choice else "[interactive]"
+    if view.button is not None:
+        return view.button.text
+    return f"[{message.kind}]"
+
+
+_answer_decoder = msgspec.json.Decoder(Answer)
+
+
+async def on_turn_ready(ctx: HandlerContext, delivery: Delivery) -> None:
+    """Answer a turn once the session's previous turn is settled; claim or supersede it."""
+    turn = delivery.envelope.event
+    if not isinstance(turn, TurnReady):
+        return
+    topology, redis = ctx.topology, ctx.redis
+    partition = partition_for(
+        conversation_key(turn.phone_number_id, turn.customer), topology.partitions
+    )
+    number = int(turn.turn_id)
+    state = await read_state(redis, topology, turn.session_id, partition)
+    if state.answered >= number:
+        return  # settled before (a redelivery)
+    if state.answered < number - 1:
+        raise Retry(ORDER_WAIT_S, reason=f"turn {number} waits for turn {number - 1}")
+
+    entry_ids = state.unanswered + turn.entry_ids
+    messages = await _read_messages(ctx, partition, entry_ids)
+    cached = reply_key(topology, turn.session_id, turn.turn_id, partition)
+    stored = await redis.get(cached)
+    if stored is not None:
+        answer = _answer_decoder.decode(stored)
+    else:
+        earlier = await redis.lrange(context_key(topology, turn.session_id, partition), 0, -1)
+        context = [item.decode() if isinstance(item, bytes) else item for item in earlier]
+        prompt = Prompt(
+            session_id=turn.session_id,
+            turn_id=turn.turn_id,
+            messages=[describe(m) for m in messages],
+            kinds=[m.kind for m in messages],
+            context=context,
+        )
+        answer = await ctx.responder.answer(prompt)
+        # Stored before the claim: a crash after this never calls the AI again for the turn.
+        if not await redis.set(
+            cached, msgspec.json.encode(answer), ex=session_ttl(topology), nx=True
+        ):
+            answer = _answer_decoder.decode(await redis.get(cached) or b"")
+    oldest = min((int(e.split("-", 1)[0]) for e in entry_ids), default=0)
+    claim = Claim(
+        group=delivery.group,
+        consumer=delivery.consumer,
+        entry_id=delivery.envelope.entry_id,
+        session_id=turn.session_id,
+        turn_number=number,
+        reply_id=f"{turn.session_id}:{turn.turn_id}",
+        body=answer.body,
+        tokens=answer.tokens,
+        unanswered=entry_ids,
+        oldest_unanswered_ms=oldest,
+        message_ids=[m.message_id for m in messages],
+        phone_number_id=turn.phone_number_id,
+        customer=turn.customer,
+        context=[*(f"customer: {describe(m)}" for m in messages), f"assistant: {answer.body}"],
+    )
+    outcome = await settle_turn(redis, topology, partition, claim)
+    if outcome == "wait":
+        raise Retry(ORDER_WAIT_S, reason=f"turn {number} waits for turn {number - 1}")
+    log.info("turn_settled", outcome=outcome, tokens=answer.tokens, messages=len(messages))
+
+
+async def _read_messages(
+    ctx: HandlerContext, partition: int, entry_ids: list[str]
+) -> list[MessageReceived]:
+    """The messages of these entries, oldest first (an entry trimmed away is skipped)."""
+    key = stream_key(ctx.topology, "messages", partition)
+    pipe = ctx.redis.pipeline(transaction=False)
+    for entry_id in entry_ids:
+        pipe.xrange(key, entry_id, entry_id)
+    async with asyncio.timeout(5):
+        found = await pipe.execute()
+    messages = []
+    for entries in found:
+        for _, fields in entries:
+            event = decode_fields(fields)
+            if isinstance(event, MessageReceived):
+                messages.append(event)
+    return messages

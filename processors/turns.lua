@@ -1,0 +1,63 @@
+-- zapstream turns: settle a session's turn n, in turn order, and decide supersede, at once.
+--
+-- Turn n is settled only after turn n-1. If the customer wrote again after turn n was cut
+-- (a later turn exists, or messages wait in the burst) and the policy is `supersede`, the
+-- reply is not sent: reply.superseded, and the turn's messages stay unanswered for the next
+-- turn. But once the oldest unanswered message is older than max wait, the reply goes anyway,
+-- so a customer who keeps writing is not starved. The check for a newer message and the claim
+-- to send are this one script. Fenced like ack.lua; acks the turn.ready entry.
+--
+-- KEYS: turns stream, replies stream, session state (hash), session burst (sorted set),
+--       session context (list)
+-- ARGV: group, consumer, turn.ready entry id, session id, turn number, policy, max wait (ms),
+--       reply id, body, tokens, unanswered entry ids (JSON, this turn's included), oldest
+--       unanswered entry time (ms), message ids (JSON), phone_number_id, customer,
+--       context items to append when sent (JSON list of strings), context length, TTL (s)
+-- Returns 'generated', 'superseded', 'done' (settled before), 'wait' (turn n-1 is not
+-- settled) or 'fenced'.
+local turns, replies, state, burst, context = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local group, consumer, entry_id = ARGV[1], ARGV[2], ARGV[3]
+local session, number, policy = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local max_wait = tonumber(ARGV[7])
+
+local pending = redis.call('XPENDING', turns, group, entry_id, entry_id, 1)
+if #pending == 0 or pending[1][2] ~= consumer then
+  return 'fenced'
+end
+local answered = tonumber(redis.call('HGET', state, 'answered') or '0')
+if answered >= number then
+  redis.call('XACK', turns, group, entry_id)
+  return 'done'
+end
+if answered < number - 1 then
+  return 'wait'
+end
+
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local cut = tonumber(redis.call('HGET', state, 'turns') or '0')
+local newer = cut > number or redis.call('ZCARD', burst) > 0
+local starving = now - tonumber(ARGV[12]) >= max_wait
+local outcome
+if policy == 'supersede' and newer and not starving then
+  redis.call('XADD', replies, '*', 'type', 'reply.superseded', 'v', '1', 'session_id', session,
+             'turn_id', tostring(number), 'reply_id', ARGV[8], 'tokens', ARGV[10])
+  redis.call('HSET', state, 'answered', number, 'unanswered', ARGV[11],
+             'oldest_unanswered', ARGV[12])
+  outcome = 'superseded'
+else
+  redis.call('XADD', replies, '*', 'type', 'reply.generated', 'v', '1', 'session_id', session,
+             'turn_id', tostring(number), 'reply_id', ARGV[8], 'body', ARGV[9],
+             'tokens', ARGV[10], 'message_ids', ARGV[13], 'phone_number_id', ARGV[14],
+             'customer', ARGV[15])
+  redis.call('HSET', state, 'answered', number, 'unanswered', '[]', 'oldest_unanswered', '')
+  local items = cjson.decode(ARGV[16])
+  if #items > 0 then
+    redis.call('RPUSH', context, unpack(items))
+    redis.call('LTRIM', context, -tonumber(ARGV[17]), -1)
+    redis.call('EXPIRE', context, tonumber(ARGV[18]))
+  end
+  outcome = 'generated'
+end
+redis.call('XACK', turns, group, entry_id)
+return outcome

@@ -1,0 +1,112 @@
+"""Turns of one session: answered one at a time, in turn order; supersede decided at claim.
+
+settle_turn() runs turns.lua: it settles turn n only after turn n-1, and in the same step
+either claims the reply for sending (reply.generated) or, when the customer wrote again
+meanwhile and the policy is `supersede`, discards it (reply.superseded) so that the next turn
+answers every unanswered message together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+from redis.asyncio import Redis
+
+from zapstream.keys import burst_key, context_key, session_key, stream_key
+from zapstream.scripts import Script
+from zapstream.topology import Topology
+
+TURNS = Script(Path(__file__).with_name("turns.lua"))
+
+# Earlier turns kept for the AI, per session: customer messages and replies, newest last.
+CONTEXT_ITEMS = 20
+
+Outcome = Literal["generated", "superseded", "done", "wait", "fenced"]
+
+
+class TurnState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the session's state says before a turn is answered."""
+
+    answered: int  # the last settled turn number
+    unanswered: list[str]  # entry ids of messages of superseded turns, oldest first
+    oldest_unanswered_ms: int  # entry time of the oldest of them; 0 when none
+
+
+def session_ttl(topology: Topology) -> int:
+    return int(topology.sessions.gap + topology.debounce.max_wait) + 86400
+
+
+async def read_state(
+    redis: Redis, topology: Topology, session_id: str, partition: int
+) -> TurnState:
+    answered, unanswered, oldest = await redis.hmget(
+        session_key(topology, session_id, partition),
+        ["answered", "unanswered", "oldest_unanswered"],
+    )
+    return TurnState(
+        answered=int(answered or 0),
+        unanswered=msgspec.json.decode(unanswered) if unanswered else [],
+        oldest_unanswered_ms=int(oldest) if oldest else 0,
+    )
+
+
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    """A generated answer, ready to be claimed for sending or superseded."""
+
+    group: str
+    consumer: str
+    entry_id: str  # the turn.ready entry
+    session_id: str
+    turn_number: int
+    reply_id: str
+    body: str
+    tokens: int
+    unanswered: list[str]  # entry ids of every message the reply answers
+    oldest_unanswered_ms: int
+    message_ids: list[str]
+    phone_number_id: str
+    customer: str
+    context: list[str]  # items appended to the AI's context when the reply is sent
+
+
+async def settle_turn(redis: Redis, topology: Topology, partition: int, claim: Claim) -> Outcome:
+    keys = [
+        stream_key(topology, "turns", partition),
+        stream_key(topology, "replies", partition),
+        session_key(topology, claim.session_id, partition),
+        burst_key(topology, claim.session_id, partition),
+        context_key(topology, claim.session_id, partition),
+    ]
+    encode = msgspec.json.encode
+    args = [
+        claim.group,
+        claim.consumer,
+        claim.entry_id,
+        claim.session_id,
+        claim.turn_number,
+        topology.debounce.policy,
+        int(topology.debounce.max_wait * 1000),
+        claim.reply_id,
+        claim.body,
+        claim.tokens,
+        encode(claim.unanswered),
+        claim.oldest_unanswered_ms,
+        encode(claim.message_ids),
+        claim.phone_number_id,
+        claim.customer,
+        encode(claim.context),
+        CONTEXT_ITEMS,
+        session_ttl(topology),
+    ]
+    return _OUTCOMES[await TURNS.run(redis, keys, args)]
+
+
+_OUTCOMES: dict[bytes, Outcome] = {
+    b"generated": "generated",
+    b"superseded": "superseded",
+    b"done": "done",
+    b"wait": "wait",
+    b"fenced": "fenced",
+}
