@@ -47,7 +47,8 @@ class Appended(msgspec.Struct, frozen=True, kw_only=True):
     session_id: str
 
 
-def _script_call(topology: Topology, items: Sequence[Inbound]) -> Call:
+def _script_call(topology: Topology, items: Sequence[Inbound], partition: int) -> Call:
+    """append.lua's KEYS and ARGV for items that all belong to `partition`."""
     keys: list[str] = []
     args: list[Any] = [
         repr(float(topology.dedup.window)),
@@ -57,9 +58,8 @@ def _script_call(topology: Topology, items: Sequence[Inbound]) -> Call:
     ]
     for item in items:
         conversation = item.conversation or _UNKNOWN_CONVERSATION
-        partition = partition_for(conversation, topology.partitions)
         keys.append(stream_key(topology, item.stream, partition))
-        keys.append(conversation_record_key(topology, conversation))
+        keys.append(conversation_record_key(topology, conversation, partition))
         flat: list[str] = []
         for name, value in encode_fields(item.event).items():
             flat += [name, value]
@@ -88,7 +88,10 @@ async def dedup_append(
     for index, item in enumerate(items):
         conversation = item.conversation or _UNKNOWN_CONVERSATION
         groups.setdefault(partition_for(conversation, topology.partitions), []).append(index)
-    calls = [_script_call(topology, [items[i] for i in indexes]) for indexes in groups.values()]
+    calls = [
+        _script_call(topology, [items[i] for i in indexes], partition)
+        for partition, indexes in groups.items()
+    ]
     results = await APPEND.run_many(redis, calls)
     appended: list[Appended | None] = [None] * len(items)
     for indexes, result in zip(groups.values(), results, strict=True):

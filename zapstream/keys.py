@@ -56,8 +56,12 @@ def stream_keys(topology: Topology, stream: str) -> list[str]:
     return [stream_key(topology, stream, p) for p in range(topology.partitions)]
 
 
-def conversation_record_key(topology: Topology, conversation: str) -> str:
-    partition = partition_for(conversation, topology.partitions)
+def conversation_record_key(
+    topology: Topology, conversation: str, partition: int | None = None
+) -> str:
+    """The conversation's record; pass its partition when already known."""
+    if partition is None:
+        partition = partition_for(conversation, topology.partitions)
     return f"{topology.prefix}:{hash_tag(partition)}:conv:{conversation}"
 
 

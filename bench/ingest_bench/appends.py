@@ -99,7 +99,7 @@ def redis_benchmark_command(
     """
     # _script_call is private, used on purpose: redis-benchmark must send exactly the KEYS/ARGV
     # that dedup_append sends for one event, whatever append.py comes to build.
-    keys, args = _script_call(topology, [item])
+    keys, args = _script_call(topology, [item], partition=0)
     argv = list(args)
     argv[5] = "d__rand_int__"  # ARGV: window, gap, ttl, count, then rule, dedup field, ...
     words = [value.decode() if isinstance(value, bytes) else str(value) for value in argv]

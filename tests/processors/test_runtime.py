@@ -8,6 +8,7 @@ import itertools
 import pytest
 from redis.asyncio import Redis
 
+from processors.deadletter import backoff_delay
 from processors.runtime import GroupRunner, HandlerContext
 from tests.processors.recording import (
     ATTEMPTS,
@@ -24,7 +25,7 @@ from zapstream.envelope import decode_fields
 from zapstream.events import TurnReady
 from zapstream.metrics import Metrics
 from zapstream.settings import Settings
-from zapstream.topology import Topology
+from zapstream.topology import Backoff, Duration, Topology
 
 GROUP = "g"
 WORK = "zapstream:{p0}:work"
@@ -206,8 +207,5 @@ async def test_partitions_are_all_read(redis: Redis) -> None:
 
 @pytest.mark.parametrize("failures", [1, 3, 10])
 async def test_backoff_schedule(failures: int) -> None:
-    from processors.deadletter import backoff_delay
-    from zapstream.topology import Backoff, Duration
-
     backoff = Backoff(base=Duration(0.5), factor=2.0, max=Duration(3.0))
     assert backoff_delay(backoff, failures) == min(3.0, 0.5 * 2 ** (failures - 1))
