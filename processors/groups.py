@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from processors import debounce
+from processors import debounce, responder
+from processors.responder import Responder
+from processors.rules import RulesResponder
 from processors.runtime import Handler, Tick
-from zapstream.settings import ConfigError
+from zapstream.settings import ConfigError, Settings
 from zapstream.topology import Topology
 
 HANDLERS: dict[str, Handler] = {
     "debounce": debounce.on_message_received,
+    "respond": responder.on_turn_ready,
 }
 
 # Periodic work a group does beside its entries, run by each of its consumers.
@@ -39,3 +42,10 @@ def select_handlers(
                 f"group {name!r} in streams.yaml has no handler in processors/groups.py"
             )
     return {name: table[name] for name in chosen}
+
+
+def pick_responder(settings: Settings) -> Responder:
+    """The Responder of RESPONDER: `rules` (offline, the default)."""
+    if settings.responder == "rules":
+        return RulesResponder()
+    raise ConfigError(f"RESPONDER={settings.responder} is not available yet (use rules)")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from processors.groups import TICKS, select_handlers
+from processors.groups import TICKS, pick_responder, select_handlers
 from zapstream import run
 from zapstream.logs import configure_logging
 from zapstream.settings import ConfigError, load_settings
@@ -68,7 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "work":
             handlers = select_handlers(topology, args.group)
             return run.run_command(
-                run.work(settings, topology, handlers, ticks=TICKS, metrics_port=args.metrics_port)
+                run.work(
+                    settings,
+                    topology,
+                    handlers,
+                    ticks=TICKS,
+                    responder=pick_responder(settings) if "respond" in handlers else None,
+                    metrics_port=args.metrics_port,
+                )
             )
     except ConfigError as err:
         print(f"zapstream: {err}", file=sys.stderr)

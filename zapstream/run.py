@@ -46,6 +46,7 @@ async def work(
     handlers: Mapping[str, Handler],
     *,
     ticks: Mapping[str, Tick] | None = None,
+    responder: Any = None,
     metrics_port: int | None = None,
     metrics: Metrics | None = None,
 ) -> int:
@@ -56,7 +57,12 @@ async def work(
         httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as http,
     ):
         ctx = HandlerContext(
-            redis=redis, settings=settings, topology=topology, metrics=metrics, http=http
+            redis=redis,
+            settings=settings,
+            topology=topology,
+            metrics=metrics,
+            http=http,
+            responder=responder,
         )
         ticks = ticks or {}
         runners = [
