@@ -14,10 +14,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ingest.append import AppendBatcher
-from ingest.probes import health, ready
 from ingest.webhook import IngestContext, receive_notification, verify_subscription
 from zapstream.connections import open_redis
-from zapstream.metrics import Metrics, metrics_endpoint
+from zapstream.metrics import Metrics
+from zapstream.probes import probe_routes
 from zapstream.settings import Settings
 from zapstream.topology import Topology
 
@@ -87,9 +87,7 @@ def create_app(
 
     routes = [
         Route(WEBHOOK_PATH, verify_subscription, methods=["GET"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/ready", ready, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *probe_routes(lambda request: request.state.ingest.redis),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.metrics = metrics

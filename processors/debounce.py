@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from processors.runtime import Delivery, HandlerContext
+from processors.turns import session_ttl
 from zapstream.events import MessageReceived
 from zapstream.keys import (
     burst_key,
@@ -43,7 +44,7 @@ def _call(
         session_key(topology, session_id, partition),
     ]
     debounce = topology.debounce
-    ttl = int(topology.sessions.gap + debounce.max_wait) + 86400
+    ttl = session_ttl(topology)
     return keys, [
         *args[:4],
         session_id,

@@ -41,7 +41,7 @@ from zapstream.topology import GroupSpec, Topology
 log = structlog.get_logger()
 
 ACK = Script(Path(__file__).with_name("ack.lua"))
-FENCED, ACKED, SETTLED_BY_HANDLER = 0, 1, 2  # ack.lua's answers
+FENCED = 0  # ack.lua's answer when another consumer owns the entry (1: acked, 2: settled)
 
 # Every Redis call of the runtime is bounded; a blocking read by its BLOCK time plus this.
 REDIS_TIMEOUT_S = 5.0

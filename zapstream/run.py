@@ -19,14 +19,12 @@ import httpx
 import structlog
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
 
 from ingest.app import create_app
 from processors.runtime import GroupRunner, Handler, HandlerContext, Tick
-from zapstream.connections import open_redis, ping_redis
-from zapstream.metrics import Metrics, metrics_endpoint
+from zapstream.connections import open_redis
+from zapstream.metrics import Metrics
+from zapstream.probes import probe_routes
 from zapstream.settings import Settings
 from zapstream.topology import Topology
 
@@ -147,22 +145,7 @@ async def serve(settings: Settings, topology: Topology, host: str, port: int) ->
 
 
 def _probe_server(ctx: HandlerContext, port: int) -> uvicorn.Server:
-    async def health(request: Request) -> PlainTextResponse:
-        return PlainTextResponse("ok\n")
-
-    async def ready(request: Request) -> PlainTextResponse:
-        problem = await ping_redis(ctx.redis)
-        if problem:
-            return PlainTextResponse(f"not ready: {problem}\n", status_code=503)
-        return PlainTextResponse("ready\n")
-
-    app = Starlette(
-        routes=[
-            Route("/health", health),
-            Route("/ready", ready),
-            Route("/metrics", metrics_endpoint),
-        ]
-    )
+    app = Starlette(routes=probe_routes(lambda request: ctx.redis))
     app.state.metrics = ctx.metrics
     config = uvicorn.Config(app, host="0.0.0.0", port=port, log_config=None, access_log=False)
     return EmbeddedServer(config)
