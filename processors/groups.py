@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from processors import debounce, responder
+from processors import debounce, handoff, responder, send, settle
+from processors.openai_responder import OpenAIResponder
 from processors.responder import Responder
 from processors.rules import RulesResponder
 from processors.runtime import Handler, Tick
@@ -18,11 +19,15 @@ from zapstream.topology import Topology
 HANDLERS: dict[str, Handler] = {
     "debounce": debounce.on_message_received,
     "respond": responder.on_turn_ready,
+    "send": send.on_reply_generated,
+    "settle": settle.on_status,
+    "handoff": handoff.on_handoff,
 }
 
 # Periodic work a group does beside its entries, run by each of its consumers.
 TICKS: dict[str, Tick] = {
     "debounce": debounce.close_due_windows,
+    "settle": settle.count_in_doubt,
 }
 
 
@@ -45,7 +50,17 @@ def select_handlers(
 
 
 def pick_responder(settings: Settings) -> Responder:
-    """The Responder of RESPONDER: `rules` (offline, the default)."""
+    """The Responder of RESPONDER: `rules` (offline, the default) or `openai`."""
     if settings.responder == "rules":
         return RulesResponder()
-    raise ConfigError(f"RESPONDER={settings.responder} is not available yet (use rules)")
+    if settings.responder == "openai":
+        try:
+            settings.require("openai_base_url", "openai_model")
+        except ConfigError as err:
+            raise ConfigError(f"RESPONDER=openai: {err}") from err
+        return OpenAIResponder(
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key,
+            model=settings.openai_model,
+        )
+    raise ConfigError(f"RESPONDER={settings.responder} is not available (use rules or openai)")

@@ -8,22 +8,33 @@ after a crash is never answered twice by the AI.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Protocol
 
 import msgspec
 import structlog
 
 from ingest.payload import Message
+from processors.graph import Graph
 from processors.runtime import Delivery, HandlerContext, Retry
-from processors.turns import Claim, read_state, session_ttl, settle_turn
+from processors.turns import Claim, is_held, read_state, session_ttl, settle_turn
 from zapstream.envelope import decode_fields
 from zapstream.events import MessageReceived, TurnReady
-from zapstream.keys import context_key, conversation_key, partition_for, reply_key, stream_key
+from zapstream.keys import (
+    context_key,
+    conversation_key,
+    partition_for,
+    reply_key,
+    stream_key,
+    typing_key,
+)
 
 log = structlog.get_logger()
 
 # How long a turn waits before looking again whether the turn before it is settled.
 ORDER_WAIT_S = 0.05
+# The typing indicator is a courtesy: it never holds a turn up for longer than this.
+TYPING_TIMEOUT_S = 2.0
 
 
 class Prompt(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,26 +100,16 @@ async def on_turn_ready(ctx: HandlerContext, delivery: Delivery) -> None:
 
     entry_ids = state.unanswered + turn.entry_ids
     messages = await _read_messages(ctx, partition, entry_ids)
-    cached = reply_key(topology, turn.session_id, turn.turn_id, partition)
-    stored = await redis.get(cached)
-    if stored is not None:
-        answer = _answer_decoder.decode(stored)
-    else:
-        earlier = await redis.lrange(context_key(topology, turn.session_id, partition), 0, -1)
-        context = [item.decode() if isinstance(item, bytes) else item for item in earlier]
-        prompt = Prompt(
-            session_id=turn.session_id,
-            turn_id=turn.turn_id,
-            messages=[describe(m) for m in messages],
-            kinds=[m.kind for m in messages],
-            context=context,
-        )
-        answer = await ctx.responder.answer(prompt)
-        # Stored before the claim: a crash after this never calls the AI again for the turn.
-        if not await redis.set(
-            cached, msgspec.json.encode(answer), ex=session_ttl(topology), nx=True
-        ):
-            answer = _answer_decoder.decode(await redis.get(cached) or b"")
+    newest = max((m.timestamp for m in messages), default=0)
+    hold = ""
+    if is_held(state, number):
+        hold = "handoff"  # a human has the conversation: no AI call
+    elif newest and time.time() - newest >= topology.send.window:
+        hold = "window_closed"  # no free-form reply may be sent: do not ask the AI
+    answer = Answer(body="")
+    if not hold:
+        await _show_typing(ctx, turn, partition, messages)
+        answer = await _answer(ctx, turn, partition, messages)
     oldest = min((int(e.split("-", 1)[0]) for e in entry_ids), default=0)
     claim = Claim(
         group=delivery.group,
@@ -125,11 +126,64 @@ async def on_turn_ready(ctx: HandlerContext, delivery: Delivery) -> None:
         phone_number_id=turn.phone_number_id,
         customer=turn.customer,
         context=[*(f"customer: {describe(m)}" for m in messages), f"assistant: {answer.body}"],
+        newest_timestamp=newest,
+        handoff=answer.handoff,
+        hold=hold,
     )
     outcome = await settle_turn(redis, topology, partition, claim)
     if outcome == "wait":
         raise Retry(ORDER_WAIT_S, reason=f"turn {number} waits for turn {number - 1}")
-    log.info("turn_settled", outcome=outcome, tokens=answer.tokens, messages=len(messages))
+    log.info(
+        "turn_settled",
+        outcome=outcome,
+        tokens=answer.tokens,
+        messages=len(messages),
+        handoff=answer.handoff,
+        hold=hold,
+    )
+
+
+async def _answer(
+    ctx: HandlerContext, turn: TurnReady, partition: int, messages: list[MessageReceived]
+) -> Answer:
+    """The turn's answer: the stored one if the AI completed it before, else a new one,
+    stored before it is claimed so that a crash after this never calls the AI again."""
+    topology, redis = ctx.topology, ctx.redis
+    cached = reply_key(topology, turn.session_id, turn.turn_id, partition)
+    stored = await redis.get(cached)
+    if stored is not None:
+        return _answer_decoder.decode(stored)
+    earlier = await redis.lrange(context_key(topology, turn.session_id, partition), 0, -1)
+    prompt = Prompt(
+        session_id=turn.session_id,
+        turn_id=turn.turn_id,
+        messages=[describe(m) for m in messages],
+        kinds=[m.kind for m in messages],
+        context=[item.decode() if isinstance(item, bytes) else item for item in earlier],
+    )
+    answer: Answer = await ctx.responder.answer(prompt)
+    if not await redis.set(cached, msgspec.json.encode(answer), ex=session_ttl(topology), nx=True):
+        answer = _answer_decoder.decode(await redis.get(cached) or b"")
+    return answer
+
+
+async def _show_typing(
+    ctx: HandlerContext, turn: TurnReady, partition: int, messages: list[MessageReceived]
+) -> None:
+    """Mark the turn's messages read and show typing, once per turn, while the AI works.
+
+    A courtesy: a failure is logged and the turn goes on. Needs the send settings; a worker
+    without an access token (or without an HTTP client) skips it."""
+    if not (messages and ctx.http is not None and ctx.settings.access_token):
+        return
+    key = typing_key(ctx.topology, turn.session_id, turn.turn_id, partition)
+    if not await ctx.redis.set(key, 1, ex=60, nx=True):
+        return
+    graph = Graph(ctx.http, ctx.settings, TYPING_TIMEOUT_S)
+    try:
+        await graph.mark_read(turn.phone_number_id, messages[-1].message_id, typing=True)
+    except Exception as err:  # the answer matters, the indicator does not
+        log.warning("typing_failed", error=f"{type(err).__name__}: {err}")
 
 
 async def _read_messages(

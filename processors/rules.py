@@ -60,6 +60,12 @@ def _matches(text: str, keywords: list[str]) -> bool:
     return any(re.search(rf"\b{re.escape(_plain(k))}\b", text) for k in keywords)
 
 
+def asks_for_human(messages: list[str], rules: Rules | None = None) -> bool:
+    """Whether the customer's messages ask for a person (rules.yaml's `human.keywords`)."""
+    keywords = (rules or load_rules()).human.keywords
+    return _matches(_plain(" ".join(messages)), keywords)
+
+
 class RulesResponder:
     """Answers from keywords; never calls out, so it is the default and the tests' friend."""
 
@@ -76,7 +82,7 @@ class RulesResponder:
             else "en"
         )
         rules = self.rules
-        if _matches(text, rules.human.keywords):
+        if asks_for_human(prompt.messages, rules):
             return Answer(body=getattr(rules.human.answer, language), handoff=True)
         for intent in rules.intents:
             if _matches(text, intent.keywords):

@@ -7,8 +7,8 @@ settles each entry by the handler's outcome:
     return            done: the entry is acked (fenced: only while this consumer owns it)
     raise Retry(s)    not done yet (waiting, not failing): tried again after s seconds
     raise Reject(r)   cannot ever succeed: dead-lettered now
-    raise anything    a failure: retried after the group's backoff, dead-lettered at
-                      max_failures
+    raise anything    a failure: retried after the group's backoff (or the exception's
+                      `retry_after` seconds, when longer), dead-lettered at max_failures
 
 Any number of runners, in any number of processes, may serve one group. Liveness and reclaim
 are in liveness.py, failures and dead letters in deadletter.py.
@@ -396,7 +396,10 @@ class GroupRunner:
             await self._fail(entry, f"rejected: {reject}", dead_now=True)
         except Exception as err:  # the runtime alone catches broadly: every failure is counted
             self._seconds.observe(time.perf_counter() - started)
-            await self._fail(entry, f"{type(err).__name__}: {err}", dead_now=False)
+            at_least = float(getattr(err, "retry_after", 0.0) or 0.0)
+            await self._fail(
+                entry, f"{type(err).__name__}: {err}", dead_now=False, at_least=at_least
+            )
         else:
             self._seconds.observe(time.perf_counter() - started)
             # The ack goes out from the acker task with the acks of other entries finished
@@ -451,7 +454,9 @@ class GroupRunner:
                     done.inc()
         return True
 
-    async def _fail(self, entry: _Entry, error: str, *, dead_now: bool) -> None:
+    async def _fail(
+        self, entry: _Entry, error: str, *, dead_now: bool, at_least: float = 0.0
+    ) -> None:
         async with asyncio.timeout(REDIS_TIMEOUT_S):
             record = await asyncio.shield(
                 record_failure(
@@ -487,7 +492,7 @@ class GroupRunner:
                 dead_letter_id=record.dead_letter_id,
             )
             return
-        delay = backoff_delay(self.spec.backoff, record.failures)
+        delay = max(at_least, backoff_delay(self.spec.backoff, record.failures))
         log.warning("handler_failed", error=error, failures=record.failures, retry_in=delay)
         self._schedule(entry, delay)
 

@@ -14,7 +14,7 @@ from typing import Literal
 import msgspec
 from redis.asyncio import Redis
 
-from zapstream.keys import burst_key, context_key, session_key, stream_key
+from zapstream.keys import burst_key, context_key, held_key, session_key, stream_key
 from zapstream.scripts import Script
 from zapstream.topology import Topology
 
@@ -23,7 +23,7 @@ TURNS = Script(Path(__file__).with_name("turns.lua"))
 # Earlier turns kept for the AI, per session: customer messages and replies, newest last.
 CONTEXT_ITEMS = 20
 
-Outcome = Literal["generated", "superseded", "done", "wait", "fenced"]
+Outcome = Literal["generated", "superseded", "blocked", "done", "wait", "fenced"]
 
 
 class TurnState(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,6 +32,8 @@ class TurnState(msgspec.Struct, frozen=True, kw_only=True):
     answered: int  # the last settled turn number
     unanswered: list[str]  # entry ids of messages of superseded turns, oldest first
     oldest_unanswered_ms: int  # entry time of the oldest of them; 0 when none
+    held: bool = False  # a human holds the session (handoff), or held it when this turn was cut
+    released_after: int = 0  # turns cut up to a handoff's release: never answered
 
 
 def session_ttl(topology: Topology) -> int:
@@ -41,15 +43,22 @@ def session_ttl(topology: Topology) -> int:
 async def read_state(
     redis: Redis, topology: Topology, session_id: str, partition: int
 ) -> TurnState:
-    answered, unanswered, oldest = await redis.hmget(
+    answered, unanswered, oldest, handoff, released_after = await redis.hmget(
         session_key(topology, session_id, partition),
-        ["answered", "unanswered", "oldest_unanswered"],
+        ["answered", "unanswered", "oldest_unanswered", "handoff", "released_after"],
     )
     return TurnState(
         answered=int(answered or 0),
         unanswered=msgspec.json.decode(unanswered) if unanswered else [],
         oldest_unanswered_ms=int(oldest) if oldest else 0,
+        held=handoff == b"1",
+        released_after=int(released_after or 0),
     )
+
+
+def is_held(state: TurnState, turn_number: int) -> bool:
+    """Whether the turn goes unanswered because a human holds, or held, the session."""
+    return state.held or turn_number <= state.released_after
 
 
 class Claim(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,6 +78,9 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
     phone_number_id: str
     customer: str
     context: list[str]  # items appended to the AI's context when the reply is sent
+    newest_timestamp: int = 0  # WhatsApp timestamp of the newest message answered
+    handoff: bool = False  # the answer asks for a human: hold the session once it is claimed
+    hold: str = ""  # settle as reply.blocked with this reason instead (no answer was made)
 
 
 async def settle_turn(redis: Redis, topology: Topology, partition: int, claim: Claim) -> Outcome:
@@ -78,6 +90,8 @@ async def settle_turn(redis: Redis, topology: Topology, partition: int, claim: C
         session_key(topology, claim.session_id, partition),
         burst_key(topology, claim.session_id, partition),
         context_key(topology, claim.session_id, partition),
+        stream_key(topology, "handoffs", partition),
+        held_key(topology, partition),
     ]
     encode = msgspec.json.encode
     args = [
@@ -99,6 +113,10 @@ async def settle_turn(redis: Redis, topology: Topology, partition: int, claim: C
         encode(claim.context),
         CONTEXT_ITEMS,
         session_ttl(topology),
+        "hold" if claim.hold else "answer",
+        claim.hold,
+        "1" if claim.handoff else "0",
+        claim.newest_timestamp,
     ]
     return _OUTCOMES[await TURNS.run(redis, keys, args)]
 
@@ -106,6 +124,7 @@ async def settle_turn(redis: Redis, topology: Topology, partition: int, claim: C
 _OUTCOMES: dict[bytes, Outcome] = {
     b"generated": "generated",
     b"superseded": "superseded",
+    b"blocked": "blocked",
     b"done": "done",
     b"wait": "wait",
     b"fenced": "fenced",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import structlog
 
 from processors.groups import TICKS, pick_responder, select_handlers
-from zapstream import run
+from zapstream import chat, operate, run
 from zapstream.logs import configure_logging
 from zapstream.settings import ConfigError, load_settings
 from zapstream.topology import load_topology
@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="the webhook HTTP server alone")
     _add_http_options(serve)
 
-    everything = commands.add_parser("run", help="everything in one process (for now: the webhook)")
+    everything = commands.add_parser(
+        "run", help="the webhook and every consumer group in one process"
+    )
     _add_http_options(everything)
 
     work = commands.add_parser("work", help="consumer-group workers")
@@ -48,6 +50,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="serve /health, /ready and /metrics on this port",
     )
+
+    handoff = commands.add_parser("handoff", help="sessions held by a human")
+    handoff_commands = handoff.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = handoff_commands.add_parser("list", help="the sessions a human holds")
+    listing.add_argument("--json", action="store_true", help="one JSON document")
+    give_back = handoff_commands.add_parser("release", help="hand a session back to the AI")
+    give_back.add_argument("session_id", metavar="SESSION_ID")
+
+    inspect = commands.add_parser(
+        "inspect", help="streams, groups, pending, dead letters, replies in doubt"
+    )
+    inspect.add_argument("--json", action="store_true", help="one JSON document")
+    inspect.add_argument("--watch", action="store_true", help="redraw every 2 seconds")
+
+    chat = commands.add_parser(
+        "chat", help="talk to a running pipeline as a WhatsApp customer, from the terminal"
+    )
+    chat.add_argument(
+        "--as", dest="phone", default="15550001234", metavar="PHONE", help="your number"
+    )
+    chat.add_argument(
+        "--url",
+        default="http://127.0.0.1:8000",
+        metavar="URL",
+        help="the running server (default http://127.0.0.1:8000)",
+    )
     return parser
 
 
@@ -62,11 +90,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         configure_logging(settings.log_level)
         topology = load_topology(settings.config_path)
-        if args.command in ("serve", "run"):
+        if args.command == "serve":
             settings.require("app_secrets", "verify_token")
             return run.run_command(run.serve(settings, topology, args.host, args.port))
+        if args.command == "run":
+            settings.require("app_secrets", "verify_token", "access_token")
+            handlers = select_handlers(topology, [])
+            return run.run_command(
+                run.run_all(
+                    settings,
+                    topology,
+                    handlers,
+                    host=args.host,
+                    port=args.port,
+                    ticks=TICKS,
+                    responder=pick_responder(settings) if "respond" in handlers else None,
+                )
+            )
+        if args.command == "handoff":
+            return run.run_command(operate.handoff(settings, topology, args))
+        if args.command == "inspect":
+            return run.run_command(operate.inspect(settings, topology, args))
+        if args.command == "chat":
+            settings.require("app_secrets")
+            return run.run_command(chat.chat(settings, args.phone, args.url))
         if args.command == "work":
             handlers = select_handlers(topology, args.group)
+            if "send" in handlers:
+                settings.require("access_token")
             return run.run_command(
                 run.work(
                     settings,

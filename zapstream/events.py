@@ -64,24 +64,29 @@ class ReplyGenerated(Event, tag="reply.generated", frozen=True, kw_only=True):
     message_ids: list[str] = []  # every message this reply answers (superseded turns' too)
     phone_number_id: str = ""
     customer: str = ""
+    # WhatsApp timestamp of the newest message answered: the 24-hour window counts from it.
+    newest_timestamp: int = 0
 
 
 class ReplySent(Event, tag="reply.sent", frozen=True, kw_only=True):
     turn_id: str
     reply_id: str
-    message_id: str
+    message_id: str  # the wamid of the reply (of its first part when split)
+    wamids: list[str] = []  # every part's wamid, in order
+    resent: int = 0  # parts sent a second time after their first POST was left in doubt
 
 
 class ReplyFailed(Event, tag="reply.failed", frozen=True, kw_only=True):
     turn_id: str
     reply_id: str
-    code: int
+    code: int  # WhatsApp's error.code
+    reason: str = ""  # its title and details
 
 
 class ReplyBlocked(Event, tag="reply.blocked", frozen=True, kw_only=True):
     turn_id: str
     reply_id: str
-    reason: str = ""
+    reason: str = ""  # window_closed (24 h), handoff (a human holds the session)
 
 
 class ReplySuperseded(Event, tag="reply.superseded", frozen=True, kw_only=True):
@@ -92,10 +97,14 @@ class ReplySuperseded(Event, tag="reply.superseded", frozen=True, kw_only=True):
 
 class HandoffRequested(Event, tag="handoff.requested", frozen=True, kw_only=True):
     turn_id: str = ""
+    phone_number_id: str = ""
+    customer: str = ""
 
 
 class HandoffReleased(Event, tag="handoff.released", frozen=True, kw_only=True):
-    turn_id: str = ""
+    turn_id: str = ""  # the last turn cut while held: it and those before are never answered
+    phone_number_id: str = ""
+    customer: str = ""
 
 
 EVENT_CLASSES: tuple[type[Event], ...] = (

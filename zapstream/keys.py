@@ -14,6 +14,14 @@ Layout (prefix `zapstream`, partition 0):
     zapstream:{p0}:session:<session_id>             hash: the session's turns (cut, answered)
     zapstream:{p0}:context:<session_id>             list: earlier turns, for the AI (bounded)
     zapstream:{p0}:reply:<session_id>:<turn_id>     string: a completed answer, never regenerated
+    zapstream:{p0}:typing:<session_id>:<turn_id>    string with a TTL: typing shown for the turn
+    zapstream:{p0}:send:<reply_id>#<part>           hash: a part's idempotency record (send.py)
+    zapstream:{p0}:outcome:<reply_id>               string: the reply's outcome, appended once
+    zapstream:{p0}:doubt                            sorted set: parts in doubt -> since (ms)
+    zapstream:{p0}:held                             hash: sessions held by a human -> details
+    zapstream:{p0}:pair:<phone_number_id>:<customer> string: the customer's pair-limit bucket
+    zapstream:rate:<phone_number_id>                string: the business number's send bucket
+    zapstream:paused                                string with a TTL: why sending is paused
 
 All keys of one partition share the hash tag `{pN}`, so one Lua script may touch them together,
 also on Redis Cluster. A conversation's partition is `partition_for(conversation, partitions)`:
@@ -101,3 +109,40 @@ def context_key(topology: Topology, session_id: str, partition: int) -> str:
 
 def reply_key(topology: Topology, session_id: str, turn_id: str, partition: int) -> str:
     return f"{topology.prefix}:{hash_tag(partition)}:reply:{session_id}:{turn_id}"
+
+
+def typing_key(topology: Topology, session_id: str, turn_id: str, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:typing:{session_id}:{turn_id}"
+
+
+def part_id(reply_id: str, part: int) -> str:
+    """A part of a reply: its idempotency key and its `biz_opaque_callback_data`."""
+    return f"{reply_id}#{part}"
+
+
+def send_key(topology: Topology, part: str, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:send:{part}"
+
+
+def outcome_key(topology: Topology, reply_id: str, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:outcome:{reply_id}"
+
+
+def doubt_key(topology: Topology, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:doubt"
+
+
+def held_key(topology: Topology, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:held"
+
+
+def pair_key(topology: Topology, conversation: str, partition: int) -> str:
+    return f"{topology.prefix}:{hash_tag(partition)}:pair:{conversation}"
+
+
+def rate_key(topology: Topology, phone_number_id: str) -> str:
+    return f"{topology.prefix}:rate:{phone_number_id}"
+
+
+def paused_key(topology: Topology) -> str:
+    return f"{topology.prefix}:paused"

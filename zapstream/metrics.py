@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -57,6 +57,27 @@ class Metrics:
             ["group"],
             registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0),
+        )
+
+        self.replies_in_doubt = Gauge(
+            "zapstream_replies_in_doubt",
+            "Reply parts whose POST outcome is unknown, waiting for their status webhook",
+            registry=self.registry,
+        )
+        self.parts_resent = Counter(
+            "zapstream_parts_resent",
+            "Reply parts resent after no status came within send.doubt",
+            registry=self.registry,
+        )
+        self.parts_settled_by_status = Counter(
+            "zapstream_parts_settled_by_status",
+            "Reply parts in doubt completed by their status webhook",
+            registry=self.registry,
+        )
+        self.sender_paused = Counter(
+            "zapstream_sender_paused",
+            "Times sending paused on an auth, permission or account error",
+            registry=self.registry,
         )
 
     # Labelled children are looked up once: labels() takes a lock on every call.

@@ -1,4 +1,5 @@
-"""The long-running commands: `serve` (the webhook) and `work` (consumer groups).
+"""The long-running commands: `serve` (the webhook), `work` (consumer groups) and `run`
+(both in one process).
 
 Signals, for both: the first SIGTERM/SIGINT stops gracefully (the webhook finishes its
 requests; each runner reads nothing new and finishes in-flight work within its group's grace
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -50,38 +51,86 @@ async def work(
 ) -> int:
     """Run one runner per group until a signal; 0 after a clean stop."""
     metrics = metrics or Metrics()
-    async with (
-        open_redis(settings.redis_url) as redis,
-        httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as http,
-    ):
-        ctx = HandlerContext(
-            redis=redis,
-            settings=settings,
-            topology=topology,
-            metrics=metrics,
-            http=http,
-            responder=responder,
-        )
-        ticks = ticks or {}
-        runners = [
-            GroupRunner(ctx, name, handler, tick=ticks.get(name))
-            for name, handler in handlers.items()
-        ]
+    async with _handler_context(settings, topology, metrics, responder) as ctx:
+        runners = _runners(ctx, handlers, ticks)
         probes = _probe_server(ctx, metrics_port) if metrics_port else None
 
         def stop() -> None:
             for runner in runners:
                 runner.stop()
+            if probes:
+                probes.should_exit = True
 
         with StopOnSignal(stop):
             async with asyncio.TaskGroup() as tasks:
                 if probes:
                     tasks.create_task(probes.serve())
-                runner_tasks = [tasks.create_task(r.run()) for r in runners]
-                await asyncio.wait(runner_tasks)
-                if probes:
-                    probes.should_exit = True
+                for runner in runners:
+                    tasks.create_task(runner.run())
     return 0
+
+
+async def run_all(
+    settings: Settings,
+    topology: Topology,
+    handlers: Mapping[str, Handler],
+    *,
+    host: str,
+    port: int,
+    ticks: Mapping[str, Tick] | None = None,
+    responder: Any = None,
+) -> int:
+    """`zapstream run`: the webhook and every group in one process, until a signal."""
+    metrics = Metrics()
+    server = _webhook_server(settings, topology, metrics, host, port)
+    async with _handler_context(settings, topology, metrics, responder) as ctx:
+        runners = _runners(ctx, handlers, ticks)
+
+        def stop() -> None:
+            server.should_exit = True
+            for runner in runners:
+                runner.stop()
+
+        log.info("running", host=host, port=port, groups=list(handlers))
+        with StopOnSignal(stop):
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(server.serve())
+                for runner in runners:
+                    tasks.create_task(runner.run())
+    return 0 if server.started else 1
+
+
+@contextlib.asynccontextmanager
+async def _handler_context(
+    settings: Settings, topology: Topology, metrics: Metrics, responder: Any
+) -> AsyncIterator[HandlerContext]:
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with (
+        open_redis(settings.redis_url) as redis,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, limits=limits) as http,
+    ):
+        try:
+            yield HandlerContext(
+                redis=redis,
+                settings=settings,
+                topology=topology,
+                metrics=metrics,
+                http=http,
+                responder=responder,
+            )
+        finally:
+            close = getattr(responder, "aclose", None)
+            if close is not None:
+                await close()
+
+
+def _runners(
+    ctx: HandlerContext, handlers: Mapping[str, Handler], ticks: Mapping[str, Tick] | None
+) -> list[GroupRunner]:
+    ticks = ticks or {}
+    return [
+        GroupRunner(ctx, name, handler, tick=ticks.get(name)) for name, handler in handlers.items()
+    ]
 
 
 def run_command(main: Coroutine[Any, Any, int]) -> int:
@@ -130,13 +179,19 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-async def serve(settings: Settings, topology: Topology, host: str, port: int) -> int:
-    """The webhook alone, until a signal."""
-    app = create_app(settings, topology, Metrics())
+def _webhook_server(
+    settings: Settings, topology: Topology, metrics: Metrics, host: str, port: int
+) -> uvicorn.Server:
+    app = create_app(settings, topology, metrics)
     config = uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=10
     )
-    server = EmbeddedServer(config)
+    return EmbeddedServer(config)
+
+
+async def serve(settings: Settings, topology: Topology, host: str, port: int) -> int:
+    """The webhook alone, until a signal."""
+    server = _webhook_server(settings, topology, Metrics(), host, port)
     log.info("webhook_serving", host=host, port=port)
     with StopOnSignal(lambda: setattr(server, "should_exit", True)):
         await server.serve()

@@ -107,6 +107,21 @@ class RateLimits(_Spec, frozen=True, kw_only=True):
     per_customer: RateLimit = RateLimit(rate=1, per=Duration(6.0), burst=10)
 
 
+class Send(_Spec, frozen=True, kw_only=True):
+    """The sender's settings (processors/send.py)."""
+
+    # One Graph API call; no answer within it leaves the part in doubt.
+    timeout: Duration = Duration(10.0)
+    # A part in doubt waits this long for its `sent` status webhook, then is resent once.
+    doubt: Duration = Duration(60.0)
+    # An auth or permission error (expired token, restricted account) stops every send this long.
+    pause: Duration = Duration(60.0)
+    # WhatsApp takes 4096 characters per text; longer answers go as ordered parts of at most this.
+    max_chars: int = 4000
+    # No free-form reply after this long since the customer's newest message (WhatsApp's rule).
+    window: Duration = Duration(86400.0)
+
+
 class Topology(_Spec, frozen=True, kw_only=True):
     # Prefix of every Redis key zapstream writes.
     prefix: str = "zapstream"
@@ -116,6 +131,7 @@ class Topology(_Spec, frozen=True, kw_only=True):
     webhook: Webhook = Webhook()
     debounce: Debounce = Debounce()
     rate_limits: RateLimits = RateLimits()
+    send: Send = Send()
     streams: dict[str, StreamSpec]
     groups: dict[str, GroupSpec] = {}
 
@@ -204,6 +220,15 @@ def _check(topology: Topology, source: str) -> None:
     ):
         if value <= 0:
             fail(key, "must be longer than zero")
+    for key, value in (
+        ("send.timeout", topology.send.timeout),
+        ("send.doubt", topology.send.doubt),
+        ("send.window", topology.send.window),
+    ):
+        if value <= 0:
+            fail(key, "must be longer than zero")
+    if not 1 <= topology.send.max_chars <= 4096:
+        fail("send.max_chars", "must be between 1 and 4096 (WhatsApp's text limit)")
     if topology.webhook.max_body < 1024:
         fail("webhook.max_body", "must be at least 1024 bytes")
     if topology.debounce.max_wait < topology.debounce.quiet:

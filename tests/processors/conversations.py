@@ -4,6 +4,7 @@ group (and the respond group) running live in the test's event loop."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -42,10 +43,12 @@ def message(
     n: int,
     customer: str = "15550001111",
     kind: str = "text",
-    ts: int = 1767261600,
+    ts: int | None = None,
     session: str | None = None,
 ) -> MessageReceived:
-    """Message number `n` of a customer; a text says `hi <n>`."""
+    """Message number `n` of a customer, sent at `ts` (default now: inside the 24-hour
+    window); a text says `hi <n>`."""
+    ts = int(time.time()) if ts is None else ts
     wamid = f"wamid.{customer}.{n}"
     data: dict[str, object] = {"from": customer, "id": wamid, "timestamp": str(ts), "type": kind}
     if kind == "text":

@@ -1,0 +1,376 @@
+"""The send group: a reply.generated becomes WhatsApp messages, each sent once.
+
+Every part of a reply has an idempotency record (send.lua) written before its POST and
+completed after it, and carries its part id as `biz_opaque_callback_data`. A part whose POST
+got no answer (a crash, a timeout) is *in doubt*: Meta may or may not have it. The settle
+group (settle.py) completes it from the part's `sent` status webhook; if none comes within
+`send.doubt`, the part is resent once. The one window that stays open: Meta took the POST but
+its status webhook arrives later than `send.doubt` (or never): then the resend is a double.
+
+Meta's refusals are handled by WhatsApp's error.code (ACTIONS below), never by the HTTP
+status. Sends are paced by two shared GCRA buckets in Redis (ratelimit.lua): per business
+number, and WhatsApp's pair limit per customer. Outcomes are appended once (outcome.lua):
+reply.sent, reply.failed or reply.blocked.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from pathlib import Path
+
+import httpx
+import structlog
+from redis.asyncio import Redis
+
+from ingest.append import outbound_field
+from processors.graph import Graph, GraphError
+from processors.runtime import Delivery, HandlerContext, Reject, Retry
+from zapstream.envelope import encode_fields
+from zapstream.events import Event, ReplyBlocked, ReplyFailed, ReplyGenerated, ReplySent
+from zapstream.keys import (
+    burst_key,
+    conversation_key,
+    conversation_record_key,
+    doubt_key,
+    outcome_key,
+    pair_key,
+    part_id,
+    partition_for,
+    paused_key,
+    rate_key,
+    send_key,
+    session_key,
+    stream_key,
+)
+from zapstream.scripts import Script
+from zapstream.topology import RateLimit, Topology
+
+log = structlog.get_logger()
+
+SEND = Script(Path(__file__).with_name("send.lua"))
+OUTCOME = Script(Path(__file__).with_name("outcome.lua"))
+RATE = Script(Path(__file__).with_name("ratelimit.lua"))
+
+# Idempotency records and outcome markers outlive Meta's 7-day redelivery horizon.
+RECORD_TTL_S = 8 * 86400
+# The pair limit's wait after a 131056: 4^x seconds (Meta's advice), x = refusals so far.
+PAIR_WAIT_MAX_S = 256.0
+
+
+class Action(enum.Enum):
+    RETRY = "retry"  # throughput or transient: retried with backoff, honouring Retry-After
+    PAIR_LIMIT = "pair_limit"  # too many to this customer: that customer waits, others go on
+    BLOCKED = "blocked"  # the 24-hour window is closed: reply.blocked, never retried
+    FAILED = "failed"  # a business outcome: reply.failed with the code, never retried
+    PAUSE = "pause"  # auth, permission or account trouble: every send pauses, with an alert
+
+
+# WhatsApp error.code -> what the sender does (REFERENCE.md §5.4). Unknown codes are
+# dead-lettered for a person to look at.
+ACTIONS: dict[int, Action] = {
+    130429: Action.RETRY,  # the number's throughput exceeded
+    131000: Action.RETRY,  # something went wrong
+    131016: Action.RETRY,  # service unavailable
+    1: Action.RETRY,  # API unknown
+    2: Action.RETRY,  # API service
+    133004: Action.RETRY,  # server temporarily unavailable
+    131057: Action.RETRY,  # account in maintenance
+    80007: Action.RETRY,  # WABA rate limit
+    4: Action.RETRY,  # app API-call rate limit
+    131056: Action.PAIR_LIMIT,
+    131047: Action.BLOCKED,  # more than 24 hours since the customer wrote
+    131026: Action.FAILED,  # undeliverable
+    130403: Action.FAILED,  # the business blocked this user
+    131049: Action.FAILED,  # marketing cap for this user
+    131050: Action.FAILED,  # the user opted out of marketing
+    130472: Action.FAILED,  # part of an experiment
+    131051: Action.FAILED,  # unsupported message type
+    131008: Action.FAILED,  # a required parameter is missing
+    131009: Action.FAILED,  # a parameter value is invalid
+    100: Action.FAILED,  # invalid parameter
+    190: Action.PAUSE,  # access token expired
+    0: Action.PAUSE,  # auth exception
+    10: Action.PAUSE,  # permission denied
+    131005: Action.PAUSE,  # access denied
+    368: Action.PAUSE,  # account restricted for policy violations
+    131031: Action.PAUSE,  # account locked
+    131048: Action.PAUSE,  # spam rate limit: the number is restricted
+    131042: Action.PAUSE,  # payment method problem
+    **{code: Action.PAUSE for code in range(200, 300)},  # permission errors
+}
+
+
+def action_for(error: GraphError) -> Action | None:
+    """What to do about a refusal; None for an unknown code (dead-lettered)."""
+    if error.code is None:
+        # No WhatsApp error in the answer (a proxy's 502, an overloaded front end).
+        return Action.RETRY if error.status == 429 or error.status >= 500 else None
+    return ACTIONS.get(error.code)
+
+
+class SendFailed(Exception):
+    """A transient refusal: counted as a failure, retried no sooner than `retry_after`."""
+
+    def __init__(self, reason: str, retry_after: float = 0.0) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def split_text(body: str, limit: int) -> list[str]:
+    """The body as parts of at most `limit` characters, cut at a paragraph, a line, a
+    sentence or a word where one falls in the second half of the part."""
+    parts: list[str] = []
+    rest = body.strip()
+    while len(rest) > limit:
+        window = rest[:limit]
+        cut = -1
+        for separator in ("\n\n", "\n", ". ", "! ", "? ", " "):
+            at = window.rfind(separator)
+            if at >= limit // 2:
+                cut = at + len(separator)
+                break
+        if cut <= 0:
+            cut = limit
+        parts.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest or not parts:
+        parts.append(rest)
+    return parts
+
+
+class Bucket:
+    """A GCRA bucket in Redis (ratelimit.lua)."""
+
+    def __init__(self, key: str, limit: RateLimit) -> None:
+        self.key = key
+        self.interval_ms = int(limit.per * 1000 / limit.rate)
+        self.burst = limit.burst
+
+    async def _call(self, redis: Redis, op: str, push_ms: int = 0) -> float:
+        waited = await RATE.run(redis, [self.key], [op, self.interval_ms, self.burst, push_ms])
+        return int(waited) / 1000
+
+    async def take(self, redis: Redis) -> float:
+        """0 when a send may go now (and is counted), else the seconds to wait."""
+        return await self._call(redis, "take")
+
+    async def peek(self, redis: Redis) -> float:
+        return await self._call(redis, "peek")
+
+    async def push(self, redis: Redis, seconds: float) -> None:
+        await self._call(redis, "push", int(seconds * 1000))
+
+
+async def on_reply_generated(ctx: HandlerContext, delivery: Delivery) -> None:
+    """Send a generated reply, part by part, and append its outcome once."""
+    reply = delivery.envelope.event
+    if not isinstance(reply, ReplyGenerated):
+        return  # the outcomes of replies share the stream
+    sender = Sender(ctx, reply)
+    await sender.send()
+
+
+class Sender:
+    """One reply on its way: its keys, its parts, and the decisions about each."""
+
+    def __init__(self, ctx: HandlerContext, reply: ReplyGenerated) -> None:
+        self.ctx = ctx
+        self.redis: Redis = ctx.redis
+        self.topology: Topology = ctx.topology
+        self.reply = reply
+        conversation = conversation_key(reply.phone_number_id, reply.customer)
+        self.partition = partition_for(conversation, self.topology.partitions)
+        self.conversation_record = conversation_record_key(
+            self.topology, conversation, self.partition
+        )
+        limits = self.topology.rate_limits
+        self.number = Bucket(rate_key(self.topology, reply.phone_number_id), limits.per_number)
+        self.pair = Bucket(
+            pair_key(self.topology, conversation, self.partition), limits.per_customer
+        )
+        self.graph = Graph(ctx.http, ctx.settings, self.topology.send.timeout)
+
+    async def send(self) -> None:
+        reply, redis = self.reply, self.redis
+        if await redis.exists(outcome_key(self.topology, reply.reply_id, self.partition)):
+            return  # settled before (a redelivery)
+        age = time.time() - reply.newest_timestamp
+        if reply.newest_timestamp and age >= self.topology.send.window:
+            await self.finish(
+                ReplyBlocked(
+                    session_id=reply.session_id,
+                    turn_id=reply.turn_id,
+                    reply_id=reply.reply_id,
+                    reason="window_closed",
+                )
+            )
+            log.info("reply_blocked", reason="window_closed", age_s=round(age))
+            return
+        paused = await redis.pttl(paused_key(self.topology))
+        if paused > 0:
+            raise Retry(paused / 1000, reason="sending is paused (see the sender_paused alert)")
+
+        parts = split_text(reply.body, self.topology.send.max_chars)
+        quote = await self._quote()
+        wamids: list[str] = []
+        resent = 0
+        for index, text in enumerate(parts):
+            wamid, again = await self._send_part(index, text, quote if index == 0 else "")
+            if not wamid:
+                return  # a business outcome was appended
+            wamids.append(wamid)
+            resent += again
+        await self.finish(
+            ReplySent(
+                session_id=reply.session_id,
+                turn_id=reply.turn_id,
+                reply_id=reply.reply_id,
+                message_id=wamids[0],
+                wamids=wamids,
+                resent=resent,
+            )
+        )
+        log.info("reply_sent", parts=len(parts), wamid=wamids[0], resent=resent)
+
+    async def _quote(self) -> str:
+        """The wamid to quote: the newest message answered, only when the customer has
+        written since (REFERENCE.md §7); else nothing."""
+        reply = self.reply
+        if not reply.message_ids:
+            return ""
+        cut = await self.redis.hget(
+            session_key(self.topology, reply.session_id, self.partition), "turns"
+        )
+        waiting = await self.redis.zcard(burst_key(self.topology, reply.session_id, self.partition))
+        newer = int(cut or 0) > int(reply.turn_id) or waiting > 0
+        return reply.message_ids[-1] if newer else ""
+
+    async def _send_part(self, index: int, text: str, quote: str) -> tuple[str, int]:
+        """(wamid, 1 if resent else 0) once the part is sent; ('', 0) when an outcome ended
+        the reply. Raises Retry to wait, SendFailed to back off, Reject to dead-letter."""
+        part = part_id(self.reply.reply_id, index)
+        record = send_key(self.topology, part, self.partition)
+        keys = [record, doubt_key(self.topology, self.partition), self.conversation_record]
+        before, wamid = await self.redis.hmget(record, ["state", "wamid"])
+        if before == b"sent" and isinstance(wamid, bytes):
+            return wamid.decode(), 0
+        if before != b"posting":
+            # Counted before the record says `posting`: a wait here leaves nothing in doubt.
+            # (A resend, rare, goes without taking from the buckets.)
+            await self._wait_for_buckets()
+        doubt_ms = int(self.topology.send.doubt * 1000)
+        state, *detail = await SEND.run(self.redis, keys, ["begin", part, doubt_ms, RECORD_TTL_S])
+        state = state.decode()
+        if state == "sent":
+            return detail[0].decode(), 0
+        if state == "failed":
+            await self._failed(int(detail[0]), "failed status of a part in doubt")
+            return "", 0
+        if state == "doubt":
+            raise Retry(int(detail[0]) / 1000, reason=f"part {part} is in doubt: its status")
+        if state == "lost":
+            raise Reject(f"part {part} still in doubt after its one resend: check it by hand")
+        resent = 1 if state == "resend" else 0
+        if resent:
+            self.ctx.metrics.parts_resent.inc()
+            log.warning("part_resent", part=part, reason="no status within send.doubt")
+        try:
+            wamid = await self.graph.send_text(
+                self.reply.phone_number_id, self.reply.customer, text, quote=quote, callback=part
+            )
+        except GraphError as error:
+            await SEND.run(self.redis, keys, ["clear", part])
+            await self._refused(error)
+            return "", 0
+        except httpx.ConnectError as err:  # never reached Meta: nothing was sent
+            await SEND.run(self.redis, keys, ["clear", part])
+            raise SendFailed(f"Graph API unreachable: {err}") from err
+        except (httpx.TimeoutException, httpx.TransportError) as err:
+            # Meta may have it: the part stays in doubt until its status or send.doubt.
+            log.warning("part_in_doubt", part=part, error=f"{type(err).__name__}: {err}")
+            raise Retry(self.topology.send.doubt, reason=f"part {part} in doubt") from err
+        await SEND.run(
+            self.redis,
+            keys,
+            ["sent", part, wamid, outbound_field(wamid), self.reply.session_id, "post"],
+        )
+        return wamid, resent
+
+    async def _wait_for_buckets(self) -> None:
+        """Take a send from the number's bucket once the customer's pair bucket has room."""
+        wait = await self.pair.peek(self.redis)
+        if wait:
+            raise Retry(wait, reason="pair limit: waiting for this customer's bucket")
+        wait = await self.number.take(self.redis)
+        if wait:
+            raise Retry(wait, reason="the business number's send rate")
+        wait = await self.pair.take(self.redis)
+        if wait:
+            raise Retry(wait, reason="pair limit: waiting for this customer's bucket")
+
+    async def _refused(self, error: GraphError) -> None:
+        """Act on a refusal by its WhatsApp error code; returns only once an outcome is in."""
+        action = action_for(error)
+        reply = self.reply
+        if action is Action.RETRY:
+            raise SendFailed(str(error), retry_after=error.retry_after)
+        if action is Action.PAIR_LIMIT:
+            refusals = await self.redis.hincrby(
+                send_key(self.topology, reply.reply_id, self.partition), "pair_refusals", 1
+            )
+            await self.redis.expire(
+                send_key(self.topology, reply.reply_id, self.partition), RECORD_TTL_S
+            )
+            wait = max(error.retry_after, min(PAIR_WAIT_MAX_S, 4.0 ** (refusals - 1)))
+            await self.pair.push(self.redis, wait)
+            log.warning("pair_limited", code=error.code, wait_s=wait)
+            raise Retry(wait, reason="pair limit (131056): this customer waits")
+        if action is Action.PAUSE:
+            pause = self.topology.send.pause
+            await self.redis.set(paused_key(self.topology), str(error), px=int(pause * 1000))
+            self.ctx.metrics.sender_paused.inc()
+            log.error("sender_paused", code=error.code, reason=str(error), pause_s=pause)
+            raise Retry(pause, reason=f"sending paused: {error}")
+        if action is Action.BLOCKED:
+            await self.finish(
+                ReplyBlocked(
+                    session_id=reply.session_id,
+                    turn_id=reply.turn_id,
+                    reply_id=reply.reply_id,
+                    reason="window_closed",
+                )
+            )
+            log.info("reply_blocked", reason="window_closed", code=error.code)
+            return
+        if action is Action.FAILED:
+            await self._failed(error.code or 0, error.title)
+            return
+        raise Reject(f"unknown WhatsApp error: {error}")
+
+    async def _failed(self, code: int, reason: str) -> None:
+        reply = self.reply
+        await self.finish(
+            ReplyFailed(
+                session_id=reply.session_id,
+                turn_id=reply.turn_id,
+                reply_id=reply.reply_id,
+                code=code,
+                reason=reason,
+            )
+        )
+        log.info("reply_failed", code=code, reason=reason)
+
+    async def finish(self, outcome: Event) -> None:
+        """Append the reply's outcome unless one was appended before."""
+        fields: list[str | int] = [RECORD_TTL_S]
+        for name, value in encode_fields(outcome).items():
+            fields += [name, value]
+        await OUTCOME.run(
+            self.redis,
+            [
+                outcome_key(self.topology, self.reply.reply_id, self.partition),
+                stream_key(self.topology, "replies", self.partition),
+            ],
+            fields,
+        )
