@@ -144,12 +144,13 @@ class Bucket:
 
     def __init__(self, key: str, limit: RateLimit) -> None:
         self.key = key
-        self.interval_ms = int(limit.per * 1000 / limit.rate)
+        self.interval_us = max(1, int(limit.per * 1_000_000 / limit.rate))
         self.burst = limit.burst
 
-    async def _call(self, redis: Redis, op: str, push_ms: int = 0) -> float:
-        waited = await RATE.run(redis, [self.key], [op, self.interval_ms, self.burst, push_ms])
-        return int(waited) / 1000
+    async def _call(self, redis: Redis, op: str, push_s: float = 0.0) -> float:
+        args = [op, self.interval_us, self.burst, int(push_s * 1_000_000)]
+        waited = await RATE.run(redis, [self.key], args)
+        return int(waited) / 1_000_000
 
     async def take(self, redis: Redis) -> float:
         """0 when a send may go now (and is counted), else the seconds to wait."""
@@ -159,7 +160,7 @@ class Bucket:
         return await self._call(redis, "peek")
 
     async def push(self, redis: Redis, seconds: float) -> None:
-        await self._call(redis, "push", int(seconds * 1000))
+        await self._call(redis, "push", seconds)
 
 
 async def on_reply_generated(ctx: HandlerContext, delivery: Delivery) -> None:

@@ -91,6 +91,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     hang: bool = False
     drop: bool = False
+    delay: float = 0.0  # an accepted message: seconds before the answer (Meta being slow)
 
 
 def error(code: int, message: str = "", status: int = 400, **headers: str) -> Answer:
@@ -200,7 +201,7 @@ class GraphStandIn:
         answer = (self.script(request) if self.script else None) or (
             self.queue.pop(0) if self.queue else None
         )
-        if answer is None or answer.drop:
+        if answer is None or answer.drop or answer.delay:
             answer = answer or Answer()
             reply: dict[str, Any] = {"success": True}
             if body.get("type") == "text":
@@ -211,12 +212,17 @@ class GraphStandIn:
                     "contacts": [{"input": request.to, "wa_id": request.to.lstrip("+")}],
                     "messages": [{"id": wamid}],
                 }
-                self._report(request)
             self._record(request)
             if answer.drop:
+                self._report(request)
                 await self._release.wait()  # taken, never answered: the sender cannot know
                 return
-            await _respond(send, 200, reply)
+            if answer.delay:
+                await asyncio.sleep(answer.delay)  # simulated latency, part of the script
+            try:
+                await _respond(send, 200, reply)
+            finally:  # Meta reports the status whether or not its answer reached the caller
+                self._report(request)
             return
         self._record(request)
         if answer.hang:
@@ -231,7 +237,7 @@ class GraphStandIn:
 
     def _report(self, request: Received) -> None:
         """Post the message's statuses back to the webhook, as Meta would, in the background."""
-        if not (self.webhook_url and self.app_secret):
+        if not (request.wamid and self.webhook_url and self.app_secret):
             return
         task = asyncio.get_running_loop().create_task(self._post_statuses(request))
         self._tasks.add(task)

@@ -1,0 +1,208 @@
+"""Crash: 300 sessions flowing through `zapstream work`, killed with SIGKILL at seeded moments
+(some in the middle of a Graph API POST) and restarted. Every turn ends in exactly one
+terminal event, and no reply is sent twice: a reply left in doubt by a kill is settled by the
+`sent` status the stand-in posts back, as Meta would, before any resend."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import msgspec
+from redis.asyncio import Redis
+
+from tests.notifications import BUSINESS, SECRET
+from tests.servers import Webhook
+from tests.waiting import eventually
+from zapstream.envelope import decode_fields
+from zapstream.events import ReplySent, TurnReady
+from zapstream.standin import Answer, GraphStandIn, Received, sign, text_notification
+from zapstream.topology import Topology
+
+ROOT = Path(__file__).resolve().parents[1]
+SESSIONS = 300
+KILLS = 4
+TERMINAL = {"reply.sent", "reply.superseded", "reply.blocked", "reply.failed"}
+
+
+def crash_topology(make_topology: Callable[..., Topology]) -> Topology:
+    group = {"idle": "1s", "backoff": {"base": "50ms", "factor": 2, "max": "1s"}}
+    return make_topology(
+        debounce={"quiet": "300ms", "max_wait": "1s"},
+        send={"timeout": "2s", "doubt": "3s"},
+        rate_limits={
+            "per_number": {"rate": 2000, "per": "1s", "burst": 200},
+            "per_customer": {"rate": 100, "per": "1s", "burst": 10},
+        },
+        groups={
+            "debounce": {"streams": ["messages"], "concurrency": 16, **group},
+            "respond": {"streams": ["turns"], "concurrency": 16, **group},
+            "send": {"streams": ["replies"], "concurrency": 32, **group},
+            "settle": {"streams": ["statuses"], "concurrency": 8, **group},
+            "handoff": {"streams": ["handoffs"], "concurrency": 2, **group},
+        },
+    )
+
+
+class Worker:
+    """`zapstream work` processes, one at a time, each logging to its own file."""
+
+    def __init__(self, redis_url: str, config: Path, api_url: str, logs: Path) -> None:
+        self.env = {
+            "PATH": os.environ["PATH"],
+            "REDIS_URL": redis_url,
+            "ZAPSTREAM_CONFIG": str(config),
+            "WHATSAPP_ACCESS_TOKEN": "crash-token",
+            "WHATSAPP_API_URL": api_url,
+        }
+        self.logs = logs
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started = 0
+
+    def start(self) -> None:
+        log = self.logs / f"work-{self.started}.log"
+        self.started += 1
+        with log.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "zapstream", "work"],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=self.env,
+            )
+
+    def kill_and_restart(self) -> None:
+        assert self.process is not None
+        self.process.kill()  # SIGKILL: no grace, no cleanup
+        self.process.wait()
+        self.start()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_lines(self, event: str) -> int:
+        needle = f'"event": "{event}"'
+        return sum(p.read_text().count(needle) for p in self.logs.glob("work-*.log"))
+
+
+async def test_kill_9_at_seeded_moments_loses_nothing_and_sends_nothing_twice(
+    redis: Redis,
+    redis_url: str,
+    make_settings: Callable[..., object],
+    make_topology: Callable[..., Topology],
+    start_webhook: Callable[..., object],
+    tmp_path: Path,
+) -> None:
+    seed = int(os.environ.get("ZAPSTREAM_TEST_SEED", random.randrange(1 << 32)))
+    print(f"seed {seed} (set ZAPSTREAM_TEST_SEED to replay)")
+    rng = random.Random(seed)
+    topology = crash_topology(make_topology)
+    config = tmp_path / "streams.yaml"
+    config.write_bytes(msgspec.json.encode(msgspec.to_builtins(topology, enc_hook=float)))
+    webhook: Webhook = await start_webhook(make_settings(), topology)  # type: ignore[misc]
+
+    # Meta answers each send after 40 ms; a kill lands inside a POST at these seeded counts.
+    kill_at = set(rng.sample(range(20, 260), KILLS))
+    graph = GraphStandIn(webhook_url=webhook.url + "/webhook/whatsapp", app_secret=SECRET)
+    graph.script = lambda request: Answer(delay=0.04) if request.is_text else None
+    graph_server = Webhook(graph)
+    await graph_server.start()
+    worker = Worker(redis_url, config, graph_server.url + "/v25.0", tmp_path)
+    texts = 0
+
+    def on_request(request: Received) -> None:
+        nonlocal texts
+        if request.is_text:
+            texts += 1
+            if texts in kill_at:
+                worker.kill_and_restart()  # this POST's answer will reach a dead process
+
+    graph.listeners.append(on_request)
+    worker.start()
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            plan = _plan(rng)
+            await asyncio.gather(*(_customer(http, webhook.url, n, gaps) for n, gaps in plan))
+        turns = await eventually(lambda: _all_settled(redis), timeout=90, interval=0.2)
+    finally:
+        worker.stop()
+        await graph.close()
+        await graph_server.stop()
+
+    settled = worker.log_lines("part_settled_by_status")
+    resent_parts = worker.log_lines("part_resent")
+    print(
+        f"{len(turns)} turns, {worker.started - 1} kills; replies in doubt: {settled} settled "
+        f"by their `sent` status, {resent_parts} resent after send.doubt (their POST never "
+        f"reached the stand-in); {len(graph.texts)} texts accepted"
+    )
+    assert worker.started - 1 == KILLS
+    # Each kill cut a POST the stand-in had taken: that part was in doubt, and its status
+    # (not a resend) settled it.
+    assert settled >= KILLS
+    sent = [e for e in await _replies(redis) if isinstance(e, ReplySent)]
+    by_part = collections.Counter(r.callback for r in graph.texts)
+    doubles = {part: n for part, n in by_part.items() if n > 1}
+    resent = sum(r.resent for r in sent)
+    assert len(doubles) <= resent, f"sent twice without being in doubt: {doubles}"
+    assert len(by_part) == len(sent)  # every reply sent reached the stand-in
+    assert await redis.zcard("zapstream:{p0}:doubt") == 0
+
+
+def _plan(rng: random.Random) -> list[tuple[int, list[float]]]:
+    """Per session: the gaps before each of its 1 to 3 messages (seconds)."""
+    plan = []
+    for n in range(SESSIONS):
+        start = rng.uniform(0, 6)
+        gaps = [start] + [rng.choice([0.05, 0.1, 1.5]) for _ in range(rng.randint(0, 2))]
+        plan.append((n, gaps))
+    return plan
+
+
+async def _customer(http: httpx.AsyncClient, url: str, n: int, gaps: list[float]) -> None:
+    customer = f"1555{n:07d}"
+    for i, gap in enumerate(gaps):
+        await asyncio.sleep(gap)  # the customer's rhythm: input timing, not synchronisation
+        body = text_notification(BUSINESS, customer, f"wamid.CRASH.{n}.{i}", f"hello {i}")
+        headers = {"X-Hub-Signature-256": sign(body, SECRET), "Content-Type": "application/json"}
+        response = await http.post(url + "/webhook/whatsapp", content=body, headers=headers)
+        assert response.status_code == 200
+
+
+async def _replies(redis: Redis) -> list[object]:
+    return [decode_fields(f) for _, f in await redis.xrange("zapstream:{p0}:replies")]
+
+
+async def _all_settled(redis: Redis) -> list[tuple[str, str]] | None:
+    """The turns, once every turn has exactly one terminal event; None while any has none.
+    A turn with two terminal events fails at once."""
+    turns = []
+    for _, fields in await redis.xrange("zapstream:{p0}:turns"):
+        event = decode_fields(fields)
+        assert isinstance(event, TurnReady)
+        turns.append((event.session_id, event.turn_id))
+    ends: collections.Counter[tuple[str, str]] = collections.Counter()
+    for _, fields in await redis.xrange("zapstream:{p0}:replies"):
+        kind = fields[b"type"].decode()
+        if kind in TERMINAL:
+            ends[(fields[b"session_id"].decode(), fields[b"turn_id"].decode())] += 1
+    twice = {turn: n for turn, n in ends.items() if n > 1}
+    assert not twice, f"turns with more than one terminal event: {twice}"
+    sessions = {session for session, _ in turns}
+    if len(sessions) < SESSIONS or any(turn not in ends for turn in turns):
+        return None
+    return turns
