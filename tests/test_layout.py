@@ -1,5 +1,6 @@
 """The tree reads as the data flow: zapstream <- ingest <- processors; projections import
-only zapstream; only the command modules (cli, run, chat, operate) import the packages (STYLE.md rule 4)."""
+only zapstream; only the command modules (cli, run, chat, operate) import the packages
+(STYLE.md rule 4)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -95,7 +96,8 @@ def _show(request: Received, phone: str) -> None:
 
 
 def _stdin_lines() -> asyncio.Queue[str | None]:
-    """Lines of standard input, read in a thread (the terminal may not be a pipe)."""
+    """Lines of standard input, read in a daemon thread (so that a chat ended by /quit or a
+    signal does not wait for one more line)."""
     queue: asyncio.Queue[str | None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
@@ -104,7 +106,7 @@ def _stdin_lines() -> asyncio.Queue[str | None]:
             loop.call_soon_threadsafe(queue.put_nowait, line)
         loop.call_soon_threadsafe(queue.put_nowait, None)
 
-    loop.run_in_executor(None, read)
+    threading.Thread(target=read, name="chat-stdin", daemon=True).start()
     return queue
 
 
