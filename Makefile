@@ -34,6 +34,7 @@ bench: services
 	@command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install -y wrk"; exit 1; }
 	$(BIN)/python bench/ingest
 	$(BIN)/python bench/process
+	$(BIN)/python bench/e2e
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

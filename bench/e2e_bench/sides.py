@@ -1,0 +1,140 @@
+"""The two sides under test, each started fresh for every run on a flushed database.
+
+Per run: the Graph API stand-in (bench/e2e_peers/standin.py, its own uvicorn process); then
+zapstream: `zapstream run` (webhook and every group in one process), or the peer: the
+FastAPI webhook (bench/e2e_peers/celery_app.py, one uvicorn process) and a Celery worker; then
+the stand-in is told the webhook's URL, where it posts each reply's `sent` status. Logs go to
+bench/out/e2e-<process>-<run>.log. Every process is stopped when the run ends, whatever
+happened.
+
+Placement: nothing is pinned. The two CPUs are shared by the side under test, the stand-in,
+Redis and the load generator (this process), as they would be on one small machine; the
+stand-in and the generator are separate processes so that neither one's event loop delays
+the other's clock readings. bench/e2e reports the CPU each used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import msgspec
+
+from e2e_bench.options import Options
+from e2e_bench.progress import log_progress
+from e2e_bench.traffic import WEBHOOK_PATH
+from ingest_bench import benchdb
+from ingest_bench.options import BENCH, OUT
+from ingest_bench.servers import ServerSpec, running_servers, stop
+
+PEERS = BENCH / "e2e_peers"
+SIDES = ("zapstream", "celery")
+ACCESS_TOKEN = "bench-token"
+GRAPH_VERSION = "v25.0"
+
+
+class RunningSide(msgspec.Struct, frozen=True, kw_only=True):
+    name: str  # zapstream or celery
+    webhook_url: str  # where the load goes
+    standin_url: str  # the stand-in's base URL (its /bench routes)
+    pids: dict[str, list[int]]  # process trees by role: server (webhook + workers), standin
+
+
+def describe(side: str, options: Options) -> str:
+    """How a side runs, for the report."""
+    if side == "zapstream":
+        return "`zapstream run`: webhook and every group in one process (uvloop)"
+    return (
+        "FastAPI webhook (uvicorn, uvloop) + `celery worker --pool "
+        f"{options.celery_pool} --concurrency {options.celery_concurrency}`, Redis broker"
+    )
+
+
+def _environment(options: Options) -> dict[str, str]:
+    """What every process of a run gets (the server also the stand-in's URL)."""
+    return {
+        "PYTHONPATH": str(BENCH),
+        "REDIS_URL": options.redis_url,
+        "BENCH_BROKER_URL": options.redis_url,
+        "WHATSAPP_APP_SECRET": options.secret,
+        "WHATSAPP_VERIFY_TOKEN": "bench-verify-token",
+        "WHATSAPP_ACCESS_TOKEN": ACCESS_TOKEN,
+        "RESPONDER": "rules",
+        "ZAPSTREAM_LOG_LEVEL": "warning",
+    }
+
+
+def _server_spec(side: str, config: Path, env: dict[str, str], run: str) -> ServerSpec:
+    python = sys.executable
+    if side == "zapstream":
+        argv = [str(Path(python).with_name("zapstream")), "run"]
+        return ServerSpec(
+            name=f"e2e-zapstream-{run}", argv=argv, env={**env, "ZAPSTREAM_CONFIG": str(config)}
+        )
+    argv = [python, str(PEERS / "celery_app.py")]
+    return ServerSpec(name=f"e2e-celery-webhook-{run}", argv=argv, env=env)
+
+
+@contextlib.contextmanager
+def celery_worker(options: Options, env: dict[str, str], run: str) -> Iterator[int]:
+    """A Celery worker of the peer's app; its pid. Ready once it answers the warm-up."""
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "e2e_peers.celery_app",
+        "worker",
+        "--pool",
+        options.celery_pool,
+        "--concurrency",
+        str(options.celery_concurrency),
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "warning",
+    ]
+    log = OUT / f"e2e-celery-worker-{run}.log"
+    with log.open("wb") as sink:
+        worker = subprocess.Popen(
+            argv,
+            cwd=OUT,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield worker.pid
+    finally:
+        stop(worker)
+
+
+@contextlib.contextmanager
+def running_side(side: str, options: Options, config: Path, run: str) -> Iterator[RunningSide]:
+    """Flush the bench's database, start the stand-in and the side, yield them, stop all."""
+    benchdb.flush(benchdb.connect(options.redis_url))
+    OUT.mkdir(parents=True, exist_ok=True)
+    env = _environment(options)
+    standin_spec = ServerSpec(
+        name=f"e2e-standin-{run}", argv=[sys.executable, str(PEERS / "standin.py")], env=env
+    )
+    with contextlib.ExitStack() as stack:
+        standin = stack.enter_context(running_servers([standin_spec], OUT))[standin_spec.name]
+        env = {**env, "WHATSAPP_API_URL": f"{standin.url}/{GRAPH_VERSION}"}
+        spec = _server_spec(side, config, env, run)
+        server = stack.enter_context(running_servers([spec], OUT))[spec.name]
+        pids = {"server": [server.pid], "standin": [standin.pid]}
+        if side == "celery":
+            pids["server"].append(stack.enter_context(celery_worker(options, env, run)))
+        webhook_url = server.url + WEBHOOK_PATH
+        where = httpx.post(f"{standin.url}/bench/webhook", params={"url": webhook_url})
+        where.raise_for_status()
+        log_progress(f"{side} ready: {describe(side, options)}")
+        yield RunningSide(name=side, webhook_url=webhook_url, standin_url=standin.url, pids=pids)
