@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 import structlog
+from redis.asyncio.client import Pipeline
 
 from ingest.payload import Message
 from processors.graph import Graph
-from processors.runtime import Delivery, HandlerContext, Retry
-from processors.turns import Claim, is_held, read_state, session_ttl, settle_turn
+from processors.runtime import REDIS_TIMEOUT_S, Delivery, HandlerContext, Retry
+from processors.turns import STATE_FIELDS, Claim, is_held, parse_state, session_ttl, settle_turn
 from zapstream.envelope import decode_fields
 from zapstream.events import MessageReceived, TurnReady
 from zapstream.keys import (
@@ -25,9 +26,11 @@ from zapstream.keys import (
     conversation_key,
     partition_for,
     reply_key,
+    session_key,
     stream_key,
     typing_key,
 )
+from zapstream.topology import Topology
 
 log = structlog.get_logger()
 
@@ -92,14 +95,26 @@ async def on_turn_ready(ctx: HandlerContext, delivery: Delivery) -> None:
         conversation_key(turn.phone_number_id, turn.customer), topology.partitions
     )
     number = int(turn.turn_id)
-    state = await read_state(redis, topology, turn.session_id, partition)
+    # One round trip for what a turn usually needs: the session's state, a stored answer,
+    # the AI's context, and the turn's own messages.
+    cached = reply_key(topology, turn.session_id, turn.turn_id, partition)
+    pipe = redis.pipeline(transaction=False)
+    pipe.hmget(session_key(topology, turn.session_id, partition), STATE_FIELDS)
+    pipe.get(cached)
+    pipe.lrange(context_key(topology, turn.session_id, partition), 0, -1)
+    _read_entries(pipe, topology, partition, turn.entry_ids)
+    async with asyncio.timeout(REDIS_TIMEOUT_S):
+        values, stored, context, *found = await pipe.execute()
+    state = parse_state(values)
     if state.answered >= number:
         return  # settled before (a redelivery)
     if state.answered < number - 1:
         raise Retry(ORDER_WAIT_S, reason=f"turn {number} waits for turn {number - 1}")
 
     entry_ids = state.unanswered + turn.entry_ids
-    messages = await _read_messages(ctx, partition, entry_ids)
+    messages = _messages(found)
+    if state.unanswered:  # messages of superseded turns, answered with this one
+        messages = await _read_messages(ctx, partition, state.unanswered) + messages
     newest = max((m.timestamp for m in messages), default=0)
     hold = ""
     if is_held(state, number):
@@ -108,8 +123,13 @@ async def on_turn_ready(ctx: HandlerContext, delivery: Delivery) -> None:
         hold = "window_closed"  # no free-form reply may be sent: do not ask the AI
     answer = Answer(body="")
     if not hold:
-        await _show_typing(ctx, turn, partition, messages)
-        answer = await _answer(ctx, turn, partition, messages)
+        # Typing shows while the AI works; the claim waits for it, so that the indicator
+        # never reaches the customer after the reply.
+        typing = asyncio.create_task(_show_typing(ctx, turn, partition, messages))
+        try:
+            answer = await _answer(ctx, turn, messages, stored, context)
+        finally:
+            await typing
     oldest = min((int(e.split("-", 1)[0]) for e in entry_ids), default=0)
     claim = Claim(
         group=delivery.group,
@@ -144,24 +164,29 @@ async def on_turn_ready(ctx: HandlerContext, delivery: Delivery) -> None:
 
 
 async def _answer(
-    ctx: HandlerContext, turn: TurnReady, partition: int, messages: list[MessageReceived]
+    ctx: HandlerContext,
+    turn: TurnReady,
+    messages: list[MessageReceived],
+    stored: bytes | None,
+    context: list[bytes],
 ) -> Answer:
     """The turn's answer: the stored one if the AI completed it before, else a new one,
     stored before it is claimed so that a crash after this never calls the AI again."""
-    topology, redis = ctx.topology, ctx.redis
-    cached = reply_key(topology, turn.session_id, turn.turn_id, partition)
-    stored = await redis.get(cached)
     if stored is not None:
         return _answer_decoder.decode(stored)
-    earlier = await redis.lrange(context_key(topology, turn.session_id, partition), 0, -1)
+    topology, redis = ctx.topology, ctx.redis
     prompt = Prompt(
         session_id=turn.session_id,
         turn_id=turn.turn_id,
         messages=[describe(m) for m in messages],
         kinds=[m.kind for m in messages],
-        context=[item.decode() if isinstance(item, bytes) else item for item in earlier],
+        context=[item.decode() for item in context],
     )
     answer: Answer = await ctx.responder.answer(prompt)
+    partition = partition_for(
+        conversation_key(turn.phone_number_id, turn.customer), topology.partitions
+    )
+    cached = reply_key(topology, turn.session_id, turn.turn_id, partition)
     if not await redis.set(cached, msgspec.json.encode(answer), ex=session_ttl(topology), nx=True):
         answer = _answer_decoder.decode(await redis.get(cached) or b"")
     return answer
@@ -186,16 +211,14 @@ async def _show_typing(
         log.warning("typing_failed", error=f"{type(err).__name__}: {err}")
 
 
-async def _read_messages(
-    ctx: HandlerContext, partition: int, entry_ids: list[str]
-) -> list[MessageReceived]:
-    """The messages of these entries, oldest first (an entry trimmed away is skipped)."""
-    key = stream_key(ctx.topology, "messages", partition)
-    pipe = ctx.redis.pipeline(transaction=False)
-    for entry_id in entry_ids:
+def _read_entries(pipe: Pipeline, topology: Topology, partition: int, ids: list[str]) -> None:
+    key = stream_key(topology, "messages", partition)
+    for entry_id in ids:
         pipe.xrange(key, entry_id, entry_id)
-    async with asyncio.timeout(5):
-        found = await pipe.execute()
+
+
+def _messages(found: list[Any]) -> list[MessageReceived]:
+    """The messages of XRANGE replies, in order (an entry trimmed away is skipped)."""
     messages = []
     for entries in found:
         for _, fields in entries:
@@ -203,3 +226,13 @@ async def _read_messages(
             if isinstance(event, MessageReceived):
                 messages.append(event)
     return messages
+
+
+async def _read_messages(
+    ctx: HandlerContext, partition: int, entry_ids: list[str]
+) -> list[MessageReceived]:
+    """The messages of these entries, oldest first."""
+    pipe = ctx.redis.pipeline(transaction=False)
+    _read_entries(pipe, ctx.topology, partition, entry_ids)
+    async with asyncio.timeout(REDIS_TIMEOUT_S):
+        return _messages(await pipe.execute())

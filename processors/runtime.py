@@ -187,6 +187,9 @@ class GroupRunner:
             await self._shutdown(background, acker)
 
     async def _loop(self, until_idle: bool, deadline: float | None) -> None:
+        # Whether the last read found the streams drained: the next read then blocks at once
+        # instead of first asking (and finding nothing) without blocking.
+        drained = False
         while not self._stopping:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"group {self.group} still busy after its drain timeout")
@@ -198,7 +201,7 @@ class GroupRunner:
             if want <= 0 or full:
                 await self._sleep(self._next_due_in())
                 continue
-            entries = await self._read(want, block_ms=None)
+            entries = [] if drained and not until_idle else await self._read(want, block_ms=None)
             if not entries:
                 if until_idle:
                     if self._idle_here() and await self._group_is_idle():
@@ -210,6 +213,7 @@ class GroupRunner:
                     continue
                 block = min(self.spec.block, self._next_due_in())
                 entries = await self._read(want, block_ms=max(1, int(block * 1000)))
+            drained = len(entries) < want
             for entry in entries:
                 self._ready.put_nowait(entry)
 

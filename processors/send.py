@@ -15,6 +15,7 @@ reply.sent, reply.failed or reply.blocked.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from redis.asyncio import Redis
 
 from ingest.append import outbound_field
 from processors.graph import Graph, GraphError
-from processors.runtime import Delivery, HandlerContext, Reject, Retry
+from processors.runtime import REDIS_TIMEOUT_S, Delivery, HandlerContext, Reject, Retry
 from zapstream.envelope import encode_fields
 from zapstream.events import Event, ReplyBlocked, ReplyFailed, ReplyGenerated, ReplySent
 from zapstream.keys import (
@@ -193,11 +194,9 @@ class Sender:
         self.graph = Graph(ctx.http, ctx.settings, self.topology.send.timeout)
 
     async def send(self) -> None:
-        reply, redis = self.reply, self.redis
-        if await redis.exists(outcome_key(self.topology, reply.reply_id, self.partition)):
-            return  # settled before (a redelivery)
+        reply, redis, topology = self.reply, self.redis, self.topology
         age = time.time() - reply.newest_timestamp
-        if reply.newest_timestamp and age >= self.topology.send.window:
+        if reply.newest_timestamp and age >= topology.send.window:
             await self.finish(
                 ReplyBlocked(
                     session_id=reply.session_id,
@@ -208,12 +207,23 @@ class Sender:
             )
             log.info("reply_blocked", reason="window_closed", age_s=round(age))
             return
-        paused = await redis.pttl(paused_key(self.topology))
+        # One round trip for the checks: settled before? paused? has the customer written
+        # since (then the reply quotes what it answers)?
+        pipe = redis.pipeline(transaction=False)
+        pipe.exists(outcome_key(topology, reply.reply_id, self.partition))
+        pipe.pttl(paused_key(topology))
+        pipe.hget(session_key(topology, reply.session_id, self.partition), "turns")
+        pipe.zcard(burst_key(topology, reply.session_id, self.partition))
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            settled, paused, cut, waiting = await pipe.execute()
+        if settled:
+            return  # settled before (a redelivery)
         if paused > 0:
             raise Retry(paused / 1000, reason="sending is paused (see the sender_paused alert)")
+        newer = int(cut or 0) > int(reply.turn_id) or waiting > 0
+        quote = reply.message_ids[-1] if newer and reply.message_ids else ""
 
-        parts = split_text(reply.body, self.topology.send.max_chars)
-        quote = await self._quote()
+        parts = split_text(reply.body, topology.send.max_chars)
         wamids: list[str] = []
         resent = 0
         for index, text in enumerate(parts):
@@ -233,19 +243,6 @@ class Sender:
             )
         )
         log.info("reply_sent", parts=len(parts), wamid=wamids[0], resent=resent)
-
-    async def _quote(self) -> str:
-        """The wamid to quote: the newest message answered, only when the customer has
-        written since (REFERENCE.md §7); else nothing."""
-        reply = self.reply
-        if not reply.message_ids:
-            return ""
-        cut = await self.redis.hget(
-            session_key(self.topology, reply.session_id, self.partition), "turns"
-        )
-        waiting = await self.redis.zcard(burst_key(self.topology, reply.session_id, self.partition))
-        newer = int(cut or 0) > int(reply.turn_id) or waiting > 0
-        return reply.message_ids[-1] if newer else ""
 
     async def _send_part(self, index: int, text: str, quote: str) -> tuple[str, int]:
         """(wamid, 1 if resent else 0) once the part is sent; ('', 0) when an outcome ended

@@ -9,7 +9,7 @@ answers every unanswered message together.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from redis.asyncio import Redis
@@ -40,13 +40,12 @@ def session_ttl(topology: Topology) -> int:
     return int(topology.sessions.gap + topology.debounce.max_wait) + 86400
 
 
-async def read_state(
-    redis: Redis, topology: Topology, session_id: str, partition: int
-) -> TurnState:
-    answered, unanswered, oldest, handoff, released_after = await redis.hmget(
-        session_key(topology, session_id, partition),
-        ["answered", "unanswered", "oldest_unanswered", "handoff", "released_after"],
-    )
+STATE_FIELDS = ["answered", "unanswered", "oldest_unanswered", "handoff", "released_after"]
+
+
+def parse_state(values: list[Any]) -> TurnState:
+    """The TurnState of an HMGET of STATE_FIELDS."""
+    answered, unanswered, oldest, handoff, released_after = values
     return TurnState(
         answered=int(answered or 0),
         unanswered=msgspec.json.decode(unanswered) if unanswered else [],
