@@ -284,7 +284,7 @@ class Sender:
         except httpx.ConnectError as err:  # never reached Meta: nothing was sent
             await SEND.run(self.redis, keys, ["clear", part])
             raise SendFailed(f"Graph API unreachable: {err}") from err
-        except (httpx.TimeoutException, httpx.TransportError) as err:
+        except httpx.RequestError as err:  # no answer, or one we cannot read
             # Meta may have it: the part stays in doubt until its status or send.doubt.
             log.warning("part_in_doubt", part=part, error=f"{type(err).__name__}: {err}")
             raise Retry(self.topology.send.doubt, reason=f"part {part} in doubt") from err
