@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import msgspec
 import pytest
@@ -171,3 +173,26 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     server.start()
     yield server
     server.stop()
+
+
+def _pg_admin_url() -> str:
+    return os.environ.get(
+        "ZAPSTREAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database on the machine's server, dropped after the test."""
+    admin = _pg_admin_url()
+    try:
+        connection = await asyncpg.connect(admin, timeout=5)
+    except (OSError, asyncpg.PostgresError) as err:
+        pytest.fail(f"no PostgreSQL answers at {admin} ({err}): run `make test`", pytrace=False)
+    name = f"zapstream_test_{uuid.uuid4().hex[:12]}"
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+        yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()

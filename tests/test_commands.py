@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from redis.asyncio import Redis
 
@@ -46,7 +47,9 @@ class Chat:
 
 
 @pytest.fixture
-async def running(redis: Redis, redis_url: str, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+async def running(
+    redis: Redis, redis_url: str, pg_url: str, tmp_path: Path
+) -> AsyncIterator[dict[str, str]]:
     """`zapstream run` with short windows; yields the environment chat and the CLI share."""
     config = tmp_path / "streams.yaml"
     config.write_text(
@@ -59,6 +62,8 @@ async def running(redis: Redis, redis_url: str, tmp_path: Path) -> AsyncIterator
     env = {
         "PATH": os.environ["PATH"],
         "REDIS_URL": redis_url,
+        "DATABASE_URL": pg_url,
+        "DUCKDB_PATH": str(tmp_path / "analytics.duckdb"),
         "ZAPSTREAM_CONFIG": str(config),
         "WHATSAPP_APP_SECRET": SECRET,
         "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
@@ -165,11 +170,41 @@ async def test_a_chat_with_run_a_handoff_and_its_release(
         await chat.reader
     assert len(chat.bot()) == 3  # nothing answered the held turn
 
+    # The read models followed it all: the report (from the analytics snapshot) and the
+    # sessions table; a replay rebuilds both while `run` goes on, to the same figures.
+    before = await eventually(lambda: _report(running, replies=3), timeout=30, interval=0.2)
+    assert before["messages_in"] == 4 and before["turns"] == 4 and before["handoff_sessions"] == 1
+    rows = await _sessions(running["DATABASE_URL"])
+    assert [(r["wa_id"], r["status"], r["turn_count"]) for r in rows] == [(PHONE, "active", 4)]
+    replayed = cli(running, "replay", "--projection", "all", "--since", "2026-11-01", "--yes")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "sessions: rebuilt" in replayed.stdout and "analytics: rebuilt" in replayed.stdout
+    after = await eventually(lambda: _report(running, replies=3), timeout=30, interval=0.2)
+    assert after == before
+    assert await _sessions(running["DATABASE_URL"]) == rows
+
 
 def _held(env: dict[str, str]) -> list[dict[str, str]]:
     result = cli(env, "handoff", "list", "--json")
     assert result.returncode == 0, result.stderr
     return list(json.loads(result.stdout))
+
+
+def _report(env: dict[str, str], replies: int) -> dict[str, object] | None:
+    result = cli(env, "report", "--json")
+    if result.returncode != 0:  # no snapshot published yet
+        assert "no analytics snapshot" in result.stderr, result.stderr
+        return None
+    found: dict[str, object] = json.loads(result.stdout)
+    return found if found["replies_sent"] == replies else None
+
+
+async def _sessions(url: str) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(url, timeout=5)
+    try:
+        return list(await connection.fetch("SELECT * FROM zapstream.sessions ORDER BY 1"))
+    finally:
+        await connection.close()
 
 
 async def _blocked(redis: Redis) -> bool:

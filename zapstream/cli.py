@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import structlog
 
 from processors.groups import TICKS, pick_responder, select_handlers
+from projections.replay import PROJECTIONS
 from zapstream import chat, operate, run
 from zapstream.logs import configure_logging
 from zapstream.settings import ConfigError, load_settings
@@ -50,6 +51,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="serve /health, /ready and /metrics on this port",
     )
+
+    project = commands.add_parser("project", help="projection followers (the read models)")
+    project.add_argument(
+        "--projection",
+        action="append",
+        default=[],
+        choices=PROJECTIONS,
+        metavar="NAME",
+        help=f"follow only this one (repeatable: {', '.join(PROJECTIONS)}; default: all)",
+    )
+    project.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="serve /health, /ready and /metrics on this port",
+    )
+
+    replay = commands.add_parser("replay", help="rebuild read models from the log")
+    replay.add_argument(
+        "--projection", required=True, choices=(*PROJECTIONS, "all"), help="which to rebuild"
+    )
+    replay.add_argument(
+        "--since",
+        default=None,
+        metavar="ISO8601",
+        help="rebuild what the events since this time touch (equals a full replay)",
+    )
+    replay.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    report = commands.add_parser("report", help="key analytics, from the DuckDB snapshot")
+    report.add_argument("--json", action="store_true", help="one JSON document")
 
     handoff = commands.add_parser("handoff", help="sessions held by a human")
     handoff_commands = handoff.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -105,8 +138,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                     port=args.port,
                     ticks=TICKS,
                     responder=pick_responder(settings) if "respond" in handlers else None,
+                    projections=PROJECTIONS,
                 )
             )
+        if args.command == "project":
+            names = args.projection or list(PROJECTIONS)
+            return run.run_command(
+                run.project(settings, topology, names, metrics_port=args.metrics_port)
+            )
+        if args.command == "replay":
+            refused = operate.confirm_replay(args)
+            if refused is not None:
+                return refused
+            return run.run_command(operate.replay(settings, topology, args))
+        if args.command == "report":
+            return operate.report(settings, args)
         if args.command == "handoff":
             return run.run_command(operate.handoff(settings, topology, args))
         if args.command == "inspect":

@@ -1,4 +1,4 @@
-"""Operator commands: `handoff list | release` and `inspect`.
+"""Operator commands: `handoff list | release`, `inspect`, `replay` and `report`.
 
 `inspect` reads what redis-cli would (XINFO STREAM, XINFO GROUPS, XPENDING, XLEN) and adds
 what zapstream keeps beside the streams: dead letters, replies in doubt, held sessions, and
@@ -11,12 +11,18 @@ import argparse
 import asyncio
 import sys
 import time
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
 
 from processors.handoff import held_sessions, release
+from projections.replay import PROJECTIONS
+from projections.replay import replay as rebuild
+from projections.report import render as render_report
+from projections.report import report as read_report
 from zapstream.connections import open_redis
 from zapstream.keys import dead_letter_key, doubt_key, paused_key, stream_key
 from zapstream.settings import Settings
@@ -203,3 +209,53 @@ def _age(seconds: float) -> str:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def replay_names(args: argparse.Namespace) -> list[str]:
+    return list(PROJECTIONS) if args.projection == "all" else [args.projection]
+
+
+def confirm_replay(args: argparse.Namespace) -> int | None:
+    """Check --since and ask before a replay; an exit status when it must not go on."""
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            print(f"zapstream: --since: not an ISO 8601 time: {args.since!r}", file=sys.stderr)
+            return 2
+        print(f"rebuilding what the events since {since.isoformat()} touch (a full replay)")
+    if args.yes:
+        return None
+    if not sys.stdin.isatty():
+        print("zapstream: replay asks for confirmation: pass --yes", file=sys.stderr)
+        return 1
+    names = ", ".join(replay_names(args))
+    answer = input(f"Rebuild {names} from the log? Reads and live following go on. [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        print("nothing rebuilt")
+        return 1
+    return None
+
+
+async def replay(settings: Settings, topology: Topology, args: argparse.Namespace) -> int:
+    async with open_redis(settings.redis_url) as redis:
+        for name in replay_names(args):
+            started = time.monotonic()
+            applied = await rebuild(redis, topology, settings, name)
+            seconds = time.monotonic() - started
+            print(f"{name}: rebuilt from {applied:,} entries in {seconds:.1f}s and swapped in")
+    return 0
+
+
+def report(settings: Settings, args: argparse.Namespace) -> int:
+    snapshot = Path(f"{settings.duckdb_path}.snapshot")
+    if not snapshot.exists():
+        print(
+            f"zapstream: no analytics snapshot at {snapshot} yet: run `zapstream project` "
+            "(or `zapstream run`) first",
+            file=sys.stderr,
+        )
+        return 1
+    found = read_report(settings.duckdb_path)
+    print(msgspec.json.encode(found).decode() if args.json else render_report(found))
+    return 0

@@ -13,16 +13,19 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
 import structlog
 import uvicorn
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from ingest.app import create_app
 from processors.runtime import GroupRunner, Handler, HandlerContext, Tick
+from projections.follower import Follower
+from projections.replay import live_target
 from zapstream.connections import open_redis
 from zapstream.metrics import Metrics
 from zapstream.probes import probe_routes
@@ -79,25 +82,90 @@ async def run_all(
     port: int,
     ticks: Mapping[str, Tick] | None = None,
     responder: Any = None,
+    projections: Sequence[str] = (),
 ) -> int:
-    """`zapstream run`: the webhook and every group in one process, until a signal."""
+    """`zapstream run`: the webhook, every group and the projections in one process, until
+    a signal."""
     metrics = Metrics()
     server = _webhook_server(settings, topology, metrics, host, port)
-    async with _handler_context(settings, topology, metrics, responder) as ctx:
+    async with (
+        _handler_context(settings, topology, metrics, responder) as ctx,
+        _followers(ctx.redis, topology, settings, projections) as followers,
+    ):
         runners = _runners(ctx, handlers, ticks)
 
         def stop() -> None:
             server.should_exit = True
             for runner in runners:
                 runner.stop()
+            for follower in followers:
+                follower.stop()
 
-        log.info("running", host=host, port=port, groups=list(handlers))
+        log.info("running", host=host, port=port, groups=list(handlers), projections=projections)
         with StopOnSignal(stop):
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(server.serve())
                 for runner in runners:
                     tasks.create_task(runner.run())
+                for follower in followers:
+                    tasks.create_task(follower.run())
     return 0 if server.started else 1
+
+
+async def project(
+    settings: Settings,
+    topology: Topology,
+    names: Sequence[str],
+    *,
+    metrics_port: int | None = None,
+) -> int:
+    """`zapstream project`: follow the log into the named read models until a signal."""
+    metrics = Metrics()
+    async with (
+        open_redis(settings.redis_url) as redis,
+        _followers(redis, topology, settings, names) as followers,
+    ):
+        app = Starlette(routes=probe_routes(lambda request: redis))
+        app.state.metrics = metrics
+        probes = (
+            EmbeddedServer(
+                uvicorn.Config(
+                    app, host="0.0.0.0", port=metrics_port, log_config=None, access_log=False
+                )
+            )
+            if metrics_port
+            else None
+        )
+
+        def stop() -> None:
+            for follower in followers:
+                follower.stop()
+            if probes:
+                probes.should_exit = True
+
+        log.info("projecting", projections=list(names))
+        with StopOnSignal(stop):
+            async with asyncio.TaskGroup() as tasks:
+                if probes:
+                    tasks.create_task(probes.serve())
+                for follower in followers:
+                    tasks.create_task(follower.run())
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _followers(
+    redis: Redis, topology: Topology, settings: Settings, names: Sequence[str]
+) -> AsyncIterator[list[Follower]]:
+    """A started target and its follower per projection; closed on the way out."""
+    targets = [live_target(name, settings) for name in names]
+    try:
+        for target in targets:
+            await target.start()
+        yield [Follower(redis, topology, target) for target in targets]
+    finally:
+        for target in targets:
+            await target.close()
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,292 @@
+"""A follower: reads the log into one read model, each entry applied once.
+
+The read model (a Target: sessions.py, analytics.py) keeps its own checkpoint, one position
+per stream key (partition included), and writes it in the same transaction as the rows a
+batch of entries produces: a crash before the commit applies nothing, after it everything, so
+an entry is applied once across crashes and restarts (the tracking-record pattern of
+`eventsourcing`). The batch names the positions it starts from, and the target refuses it when
+its checkpoint is elsewhere (Moved): a replay swapped the tables in, or another follower ran.
+
+Failures: a transient one (the database is down, a lock) retries the same batch with backoff,
+and nothing moves meanwhile. Any other one is the batch's content: the batch is applied entry
+by entry, and an entry that fails on its own is recorded in `projection_errors` with its entry
+id and reason, and skipped, so the follower never loops on it.
+
+Followers read with XREAD from their positions, never with consumer groups: a read model is
+rebuilt by reading the log again from the start, which a group's delivery state cannot do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Protocol
+
+import msgspec
+import structlog
+from redis.asyncio import Redis
+
+from zapstream.envelope import decode_fields
+from zapstream.events import Event
+from zapstream.keys import stream_keys
+from zapstream.topology import Topology
+
+log = structlog.get_logger()
+
+START = "0-0"  # the position before the first entry
+BATCH = 2000  # entries per read and per transaction
+BLOCK_MS = 1000  # a follower caught up waits this long for new entries
+BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # after transient failures; the last repeats
+REDIS_TIMEOUT_S = 10.0
+
+
+class Item(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of the log, as a target applies it."""
+
+    key: str  # the stream's Redis key (partition included)
+    stream: str  # the stream's name in streams.yaml
+    entry_id: str
+    event: Event | None  # None when the entry cannot be decoded (see `error`)
+    error: str = ""
+
+    @property
+    def at_ms(self) -> int:
+        """When the entry was appended (its id's milliseconds): the log's own clock."""
+        return int(self.entry_id.split("-", 1)[0])
+
+
+class Failure(msgspec.Struct, frozen=True, kw_only=True):
+    """An entry that cannot be applied: recorded in projection_errors, then skipped."""
+
+    key: str
+    entry_id: str
+    reason: str
+
+
+class Moved(Exception):
+    """The target's checkpoint is not where the batch starts (a replay swapped it)."""
+
+
+class Target(Protocol):
+    """A read model: where events go, and where its checkpoint is kept."""
+
+    name: ClassVar[str]
+    streams: ClassVar[tuple[str, ...]]  # the streams it reads
+
+    async def start(self) -> None:
+        """Connect, create what is missing and migrate (safe from two processes at once)."""
+
+    async def positions(self) -> dict[str, str]:
+        """The checkpoint: stream key -> the last entry id applied (missing: none yet)."""
+
+    async def apply(
+        self,
+        items: Sequence[Item],
+        start: dict[str, str],
+        end: dict[str, str],
+        failures: Sequence[Failure] = (),
+    ) -> None:
+        """In one transaction: check the checkpoint is `start` (else Moved), apply `items`,
+        record `failures`, and move the checkpoint to `end`."""
+
+    def transient(self, error: BaseException) -> bool:
+        """Whether `error` may pass by itself (connection lost, lock timeout)."""
+
+    async def close(self) -> None: ...
+
+
+def decode(key: str, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> Item:
+    try:
+        event = decode_fields(fields)
+    except (ValueError, msgspec.ValidationError) as err:
+        return Item(key=key, stream=stream, entry_id=entry_id, event=None, error=str(err))
+    return Item(key=key, stream=stream, entry_id=entry_id, event=event)
+
+
+Progress = Callable[[int], None]  # called with the entries just applied
+
+
+class Follower:
+    """Follows the log into one target, from the target's own checkpoint."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        topology: Topology,
+        target: Target,
+        *,
+        batch: int = BATCH,
+        block_ms: int = BLOCK_MS,
+    ) -> None:
+        self.redis = redis
+        self.target = target
+        self.batch = batch
+        self.block_ms = block_ms
+        self.stream_of = {
+            key: stream for stream in target.streams for key in stream_keys(topology, stream)
+        }
+        self.applied = 0  # entries applied (or recorded as failed) by this follower
+        self._stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def run(self) -> None:
+        """Follow live until stop()."""
+        positions = await self._positions()
+        while not self._stopping:
+            items = await self._read(positions, self.block_ms)
+            if items:
+                positions = await self._apply(items, positions)
+
+    async def catch_up(
+        self, until: dict[str, str] | None = None, progress: Progress | None = None
+    ) -> int:
+        """Apply everything up to `until` (default: the log's end now); the entries applied."""
+        until = until or await self.ends()
+        positions = await self._positions()
+        applied = 0
+        while not self._stopping:
+            behind = {k: p for k, p in positions.items() if _before(p, until.get(k, START))}
+            if not behind:
+                return applied
+            items = await self._read(behind, None, until)
+            if not items:
+                return applied
+            positions = await self._apply(items, positions)
+            applied += len(items)
+            if progress is not None:
+                progress(len(items))
+        return applied
+
+    async def ends(self) -> dict[str, str]:
+        """The last entry id of every stream the target reads (START when empty)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self.stream_of:
+            pipe.xrevrange(key, count=1)
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            found = await pipe.execute()
+        return {
+            key: (entries[0][0].decode() if entries else START)
+            for key, entries in zip(self.stream_of, found, strict=True)
+        }
+
+    async def _positions(self) -> dict[str, str]:
+        while True:
+            try:
+                stored = await self.target.positions()
+            except Exception as err:
+                if not self.target.transient(err):
+                    raise
+                await self._backoff(err, 0)
+                continue
+            return {key: stored.get(key, START) for key in self.stream_of}
+
+    async def _read(
+        self, positions: dict[str, str], block_ms: int | None, until: dict[str, str] | None = None
+    ) -> list[Item]:
+        async with asyncio.timeout(REDIS_TIMEOUT_S + (block_ms or 0) / 1000):
+            reply: Any = await self.redis.xread(
+                positions,  # type: ignore[arg-type]
+                count=self.batch,
+                block=block_ms,
+            )
+        items = []
+        for raw_key, entries in reply or []:
+            key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+            limit = until.get(key) if until else None
+            for raw_id, fields in entries:
+                entry_id = raw_id.decode()
+                if limit is not None and _before(limit, entry_id):
+                    break
+                items.append(decode(key, self.stream_of[key], entry_id, fields or {}))
+        return items
+
+    async def _apply(self, items: list[Item], positions: dict[str, str]) -> dict[str, str]:
+        """Apply a batch (retrying transient failures); the positions after it."""
+        end = dict(positions)
+        for item in items:
+            end[item.key] = item.entry_id
+        attempt = 0
+        while True:
+            try:
+                await self.target.apply(items, positions, end)
+            except Moved:
+                log.info("projection_moved", projection=self.target.name)
+                return await self._positions()
+            except Exception as err:
+                if self.target.transient(err):
+                    await self._backoff(err, attempt)
+                    attempt += 1
+                    continue
+                return await self._apply_one_by_one(items, positions, err)
+            self.applied += len(items)
+            return end
+
+    async def _apply_one_by_one(
+        self, items: list[Item], positions: dict[str, str], first: Exception
+    ) -> dict[str, str]:
+        log.warning("projection_batch_failed", projection=self.target.name, error=_describe(first))
+        for item in items:
+            start = positions
+            positions = {**positions, item.key: item.entry_id}
+            attempt = 0
+            while True:
+                try:
+                    if item.event is None:
+                        failure = Failure(key=item.key, entry_id=item.entry_id, reason=item.error)
+                        await self.target.apply([], start, positions, [failure])
+                    else:
+                        await self.target.apply([item], start, positions)
+                    break
+                except Moved:
+                    return await self._positions()
+                except Exception as err:
+                    if self.target.transient(err):
+                        await self._backoff(err, attempt)
+                        attempt += 1
+                        continue
+                    failure = Failure(key=item.key, entry_id=item.entry_id, reason=_describe(err))
+                    log.error(
+                        "projection_error",
+                        projection=self.target.name,
+                        entry_id=item.entry_id,
+                        reason=failure.reason,
+                    )
+                    await self._record(start, positions, failure)
+                    break
+            self.applied += 1
+        return positions
+
+    async def _record(self, start: dict[str, str], end: dict[str, str], failure: Failure) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.target.apply([], start, end, [failure])
+                return
+            except Exception as err:
+                if isinstance(err, Moved) or not self.target.transient(err):
+                    raise
+                await self._backoff(err, attempt)
+                attempt += 1
+
+    async def _backoff(self, err: BaseException, attempt: int) -> None:
+        delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+        log.warning(
+            "projection_retrying",
+            projection=self.target.name,
+            error=_describe(err),
+            retry_in=delay,
+        )
+        await asyncio.sleep(delay)
+
+
+def _before(a: str, b: str) -> bool:
+    """Whether entry id `a` comes before entry id `b`."""
+    ams, _, aseq = a.partition("-")
+    bms, _, bseq = b.partition("-")
+    return (int(ams), int(aseq or 0)) < (int(bms), int(bseq or 0))
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"[:500]

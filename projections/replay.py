@@ -1,0 +1,117 @@
+"""Replay: rebuild a read model from the log while the live one goes on serving and following.
+
+A replay builds a fresh copy of the model beside the live one (PostgreSQL: the schema
+`<schema>_rebuild`; DuckDB: the file `<path>.rebuild`), follows the whole log into it with the
+same Follower and the same apply code as live following, then promotes it: PostgreSQL swaps
+the schemas in one transaction; DuckDB hands the new file to the live follower (see
+analytics.py). Readers see the old model or the new one, never half of one. The copy carries
+its own checkpoint, so the live follower, finding the checkpoint moved under it, picks up from
+the promoted model's positions. Ctrl-C before the promotion drops the copy and leaves the live
+model as it was. A replay only reads the log: it never calls the AI, never sends, never
+appends.
+
+`since` (a time) rebuilds what the events since then touch; today that is computed by
+replaying everything (so it equals a full replay by construction), which costs a full replay.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from redis.asyncio import Redis
+
+from projections.analytics import AnalyticsTarget
+from projections.follower import Follower, Target
+from projections.sessions import SessionsTarget
+from zapstream.keys import stream_keys
+from zapstream.settings import Settings
+from zapstream.topology import Topology
+
+PROJECTIONS = ("sessions", "analytics")
+
+
+def live_target(name: str, settings: Settings) -> Target:
+    if name == "sessions":
+        return SessionsTarget(settings.database_url)
+    if name == "analytics":
+        return AnalyticsTarget(settings.duckdb_path)
+    raise ValueError(f"unknown projection {name!r}")
+
+
+def shadow_target(name: str, settings: Settings) -> SessionsTarget | AnalyticsTarget:
+    """An empty copy of the model, beside the live one, for a replay to fill."""
+    if name == "sessions":
+        return SessionsTarget(settings.database_url, schema="zapstream_rebuild")
+    if name == "analytics":
+        return AnalyticsTarget(f"{settings.duckdb_path}.rebuild")
+    raise ValueError(f"unknown projection {name!r}")
+
+
+class ProgressBar:
+    """`sessions  [#####.....]  51%  12,345/24,000  8,100 ev/s  ETA 1s` on one line."""
+
+    def __init__(self, name: str, total: int, out: TextIO = sys.stderr) -> None:
+        self.name = name
+        self.total = max(total, 1)
+        self.done = 0
+        self.out = out
+        self.started = time.monotonic()
+        self.shown = 0.0
+
+    def __call__(self, applied: int) -> None:
+        self.done += applied
+        now = time.monotonic()
+        if now - self.shown >= 0.2 or self.done >= self.total:
+            self.shown = now
+            self.draw(now)
+
+    def draw(self, now: float, end: str = "") -> None:
+        elapsed = max(now - self.started, 1e-6)
+        rate = self.done / elapsed
+        share = min(1.0, self.done / self.total)
+        left = (self.total - self.done) / rate if rate else 0.0
+        bar = "#" * int(share * 30) + "." * (30 - int(share * 30))
+        self.out.write(
+            f"\r{self.name:<10} [{bar}] {share:4.0%}  {self.done:,}/{self.total:,}  "
+            f"{rate:,.0f} ev/s  ETA {max(left, 0):.0f}s{end}"
+        )
+        self.out.flush()
+
+    def finish(self) -> None:
+        self.draw(time.monotonic(), end="\n")
+
+
+async def replay(
+    redis: Redis,
+    topology: Topology,
+    settings: Settings,
+    name: str,
+    *,
+    progress: bool = True,
+) -> int:
+    """Rebuild projection `name` from the whole log and promote it; the entries applied."""
+    shadow = shadow_target(name, settings)
+    await shadow.drop()  # what an interrupted replay left behind (works before start)
+    await shadow.start()
+    follower = Follower(redis, topology, shadow)
+    total = 0
+    for stream in shadow.streams:
+        for key in stream_keys(topology, stream):
+            total += int(await redis.xlen(key))
+    bar = ProgressBar(name, total) if progress else None
+    try:
+        applied = await follower.catch_up(progress=bar)
+        if bar is not None:
+            bar.finish()
+        if isinstance(shadow, AnalyticsTarget):
+            await shadow.promote(settings.duckdb_path)
+        else:
+            await shadow.promote()
+    except BaseException:  # Ctrl-C included: the live model stays as it was
+        await shadow.drop()
+        raise
+    finally:
+        await shadow.close()
+    return applied
