@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -230,3 +231,46 @@ async def test_inspect_lists_streams_groups_and_replies_in_doubt(
     assert "sending: paused (WhatsApp error 190" in result.stdout
     found = json.loads(cli(env, "inspect", "--json").stdout)
     assert found["in_doubt"][0]["part"] == "s-1:1#0"
+
+
+async def test_project_follows_and_answers_ready_for_redis_and_its_targets(
+    redis: Redis, redis_url: str, pg_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": pg_url,
+        "DUCKDB_PATH": str(tmp_path / "analytics.duckdb"),
+        "ZAPSTREAM_CONFIG": str(ROOT / "streams.yaml"),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "zapstream",
+        "project",
+        "--metrics-port",
+        str(port),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with httpx.AsyncClient(timeout=5) as http:
+
+            async def ready() -> str:
+                try:
+                    response = await http.get(f"http://127.0.0.1:{port}/ready")
+                except httpx.TransportError:
+                    return ""
+                return response.text if response.status_code == 200 else ""
+
+            assert await eventually(ready, timeout=30, interval=0.1) == "ready\n"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert (tmp_path / "analytics.duckdb.snapshot").exists()  # published at stop

@@ -1,8 +1,8 @@
-"""/health, /ready and /metrics, for every long-running command (serve, work, later project)."""
+"""/health, /ready and /metrics, for every long-running command (serve, work, project)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from redis.asyncio import Redis
 from starlette.requests import Request
@@ -12,15 +12,22 @@ from starlette.routing import Route
 from zapstream.connections import ping_redis
 from zapstream.metrics import metrics_endpoint
 
+Check = Callable[[], Awaitable[str]]  # "" when fine, else what failed
 
-def probe_routes(redis_of: Callable[[Request], Redis]) -> list[Route]:
-    """The probe routes; `/ready` answers 200 while the Redis `redis_of(request)` answers."""
+
+def probe_routes(
+    redis_of: Callable[[Request], Redis], checks: Sequence[Check] = ()
+) -> list[Route]:
+    """The probe routes; `/ready` answers 200 while the Redis `redis_of(request)` answers and
+    every check passes, else 503 naming what failed."""
 
     async def health(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok\n")
 
     async def ready(request: Request) -> PlainTextResponse:
         problem = await ping_redis(redis_of(request))
+        for check in checks:
+            problem = problem or await check()
         if problem:
             return PlainTextResponse(f"not ready: {problem}\n", status_code=503)
         return PlainTextResponse("ready\n")

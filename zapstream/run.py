@@ -13,7 +13,15 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 import httpx
@@ -24,7 +32,7 @@ from starlette.applications import Starlette
 
 from ingest.app import create_app
 from processors.runtime import GroupRunner, Handler, HandlerContext, Tick
-from projections.follower import Follower
+from projections.follower import Follower, Target
 from projections.replay import live_target
 from zapstream.connections import open_redis
 from zapstream.metrics import Metrics
@@ -40,6 +48,7 @@ except ImportError:  # uvicorn[standard] brings it where it builds (not on Windo
 log = structlog.get_logger()
 
 HTTP_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 2.0
 
 
 async def work(
@@ -125,7 +134,8 @@ async def project(
         open_redis(settings.redis_url) as redis,
         _followers(redis, topology, settings, names) as followers,
     ):
-        app = Starlette(routes=probe_routes(lambda request: redis))
+        checks = [_answers(follower.target) for follower in followers]
+        app = Starlette(routes=probe_routes(lambda request: redis, checks))
         app.state.metrics = metrics
         probes = (
             EmbeddedServer(
@@ -151,6 +161,20 @@ async def project(
                 for follower in followers:
                     tasks.create_task(follower.run())
     return 0
+
+
+def _answers(target: Target) -> Callable[[], Awaitable[str]]:
+    """A readiness check: the target reads its checkpoint within a few seconds."""
+
+    async def check() -> str:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await target.positions()
+        except Exception as err:  # any failure is the answer: not ready, and why
+            return f"{target.name}: {type(err).__name__}: {err}"
+        return ""
+
+    return check
 
 
 @contextlib.asynccontextmanager
