@@ -1,8 +1,10 @@
 """The two sides under test, each started fresh for every run on a flushed database.
 
 Per run: the Graph API stand-in (bench/e2e_peers/standin.py, its own uvicorn process); then
-zapstream: `zapstream run` (webhook and every group in one process), or the peer: the
-FastAPI webhook (bench/e2e_peers/celery_app.py, one uvicorn process) and a Celery worker; then
+zapstream: `zapstream serve` (the webhook) and `zapstream work` (every group), two processes,
+as the old design's path has its webhook and its worker (the read models, which `zapstream
+run` would add, are not on the path from webhook to reply); or the peer: the FastAPI webhook
+(bench/e2e_peers/celery_app.py, one uvicorn process) and a Celery worker; then
 the stand-in is told the webhook's URL, where it posts each reply's `sent` status. Logs go to
 bench/out/e2e-<process>-<run>.log. Every process is stopped when the run ends, whatever
 happened.
@@ -24,13 +26,13 @@ from pathlib import Path
 
 import httpx
 import msgspec
+from ingest_bench import benchdb
+from ingest_bench.options import BENCH, OUT
+from ingest_bench.servers import ServerSpec, running_servers, stop
 
 from e2e_bench.options import Options
 from e2e_bench.progress import log_progress
 from e2e_bench.traffic import WEBHOOK_PATH
-from ingest_bench import benchdb
-from ingest_bench.options import BENCH, OUT
-from ingest_bench.servers import ServerSpec, running_servers, stop
 
 PEERS = BENCH / "e2e_peers"
 SIDES = ("zapstream", "celery")
@@ -48,7 +50,7 @@ class RunningSide(msgspec.Struct, frozen=True, kw_only=True):
 def describe(side: str, options: Options) -> str:
     """How a side runs, for the report."""
     if side == "zapstream":
-        return "`zapstream run`: webhook and every group in one process (uvloop)"
+        return "`zapstream serve` + `zapstream work` (every group), one process each (uvloop)"
     return (
         "FastAPI webhook (uvicorn, uvloop) + `celery worker --pool "
         f"{options.celery_pool} --concurrency {options.celery_concurrency}`, Redis broker"
@@ -72,12 +74,32 @@ def _environment(options: Options) -> dict[str, str]:
 def _server_spec(side: str, config: Path, env: dict[str, str], run: str) -> ServerSpec:
     python = sys.executable
     if side == "zapstream":
-        argv = [str(Path(python).with_name("zapstream")), "run"]
+        argv = [str(Path(python).with_name("zapstream")), "serve"]
         return ServerSpec(
             name=f"e2e-zapstream-{run}", argv=argv, env={**env, "ZAPSTREAM_CONFIG": str(config)}
         )
     argv = [python, str(PEERS / "celery_app.py")]
     return ServerSpec(name=f"e2e-celery-webhook-{run}", argv=argv, env=env)
+
+
+@contextlib.contextmanager
+def zapstream_work(env: dict[str, str], config: Path, run: str) -> Iterator[int]:
+    """`zapstream work`: every group of the bench's topology; its pid."""
+    argv = [str(Path(sys.executable).with_name("zapstream")), "work"]
+    log = OUT / f"e2e-zapstream-work-{run}.log"
+    with log.open("wb") as sink:
+        worker = subprocess.Popen(
+            argv,
+            cwd=OUT,
+            env={**os.environ, **env, "ZAPSTREAM_CONFIG": str(config)},
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield worker.pid
+    finally:
+        stop(worker)
 
 
 @contextlib.contextmanager
@@ -133,6 +155,8 @@ def running_side(side: str, options: Options, config: Path, run: str) -> Iterato
         pids = {"server": [server.pid], "standin": [standin.pid]}
         if side == "celery":
             pids["server"].append(stack.enter_context(celery_worker(options, env, run)))
+        else:
+            pids["server"].append(stack.enter_context(zapstream_work(env, config, run)))
         webhook_url = server.url + WEBHOOK_PATH
         where = httpx.post(f"{standin.url}/bench/webhook", params={"url": webhook_url})
         where.raise_for_status()

@@ -1,5 +1,5 @@
 """The bench's streams.yaml: the repository's, with a debounce window of zero and send limits
-that never bind, written into a temporary directory for `zapstream run` (ZAPSTREAM_CONFIG)."""
+that never bind, written into a temporary directory for `zapstream serve` and `work` (ZAPSTREAM_CONFIG)."""
 
 from __future__ import annotations
 
