@@ -1,5 +1,6 @@
 """The bench's streams.yaml: the repository's, with a debounce window of zero and send limits
-that never bind, written into a temporary directory for `zapstream serve` and `work` (ZAPSTREAM_CONFIG)."""
+that never bind, written into a temporary directory for `zapstream serve` and `work`
+(ZAPSTREAM_CONFIG)."""
 
 from __future__ import annotations
 
