@@ -140,7 +140,8 @@ def render_report(
         "- Placement: nothing is pinned; the side under test, the stand-in (its own uvicorn "
         "process), Redis and the load generator (raw asyncio, open-loop) share the CPUs.",
         "- CPU: percent of one core during the load; server = `zapstream serve` + `work`, "
-        "or the peer's webhook + worker with its pool; redis is server-wide (other databases count too).",
+        "or the peer's webhook + worker with its pool; redis is server-wide (other databases "
+        "count too).",
         f"- held: every POST answered 200, every reply in within {options.drain:g} s after the "
         f"last POST, p99 < {HELD_P99_MS:g} ms. Each run starts every process afresh on a "
         "flushed database and is warmed up first.",
