@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 from processors.handoff import SIGNATURE_HEADER, held_sessions, release, sign
 from processors.responder import Answer, Prompt
 from tests.notifications import BUSINESS
-from tests.processors.replying import HANDOFF_SECRET, HANDOFFS, decode, replying, short
+from tests.processors.conversations import add
+from tests.processors.replying import HANDOFF_SECRET, HANDOFFS, REPLIES, decode, replying, short
 from tests.waiting import eventually
 from zapstream.events import (
     HandoffReleased,
@@ -295,3 +296,31 @@ async def test_handoff_signed_webhook_silence_release_and_answers_resume(
     ):
         assert headers[SIGNATURE_HEADER.lower()] == sign(HANDOFF_SECRET, body)
         assert decode(body)["type"] == kind and headers["idempotency-key"]
+
+
+async def test_a_reply_quotes_what_it_answers_only_when_the_customer_wrote_since(
+    redis: Redis, make_settings: Callable[..., Settings], make_topology: Callable[..., Topology]
+) -> None:
+    now = int(time.time())
+
+    def reply(turn: str) -> ReplyGenerated:
+        return ReplyGenerated(
+            session_id="s-quote",
+            turn_id=turn,
+            reply_id=f"s-quote:{turn}",
+            body=f"answer {turn}",
+            message_ids=[f"wamid.Q{turn}a", f"wamid.Q{turn}b"],
+            phone_number_id=BUSINESS,
+            customer=ALICE,
+            newest_timestamp=now,
+        )
+
+    # Turn 2 is the session's latest; turn 1 was overtaken by it (cut before turn 1 was sent).
+    await redis.hset("zapstream:{p0}:session:s-quote", "turns", 2)
+    async with replying(redis, make_settings, short(make_topology), groups=("send",)) as pipe:
+        await add(redis, reply("1"), stream=REPLIES)
+        await add(redis, reply("2"), stream=REPLIES)
+        await eventually(lambda: _count(pipe.of_type(ReplySent), 2), timeout=10)
+    first, second = sorted(pipe.graph.texts, key=lambda r: r.text)
+    assert first.body["context"] == {"message_id": "wamid.Q1b"}  # the newest it answers
+    assert "context" not in second.body  # answers the latest: no quote
