@@ -83,15 +83,13 @@ def _server_spec(side: str, config: Path, env: dict[str, str], run: str) -> Serv
 
 
 @contextlib.contextmanager
-def zapstream_work(env: dict[str, str], config: Path, run: str) -> Iterator[int]:
-    """`zapstream work`: every group of the bench's topology; its pid."""
-    argv = [str(Path(sys.executable).with_name("zapstream")), "work"]
-    log = OUT / f"e2e-zapstream-work-{run}.log"
-    with log.open("wb") as sink:
+def _process(argv: list[str], env: dict[str, str], log_name: str) -> Iterator[int]:
+    """A worker process of a side, logging to bench/out; its pid. Stopped on the way out."""
+    with (OUT / log_name).open("wb") as sink:
         worker = subprocess.Popen(
             argv,
             cwd=OUT,
-            env={**os.environ, **env, "ZAPSTREAM_CONFIG": str(config)},
+            env={**os.environ, **env},
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -102,9 +100,18 @@ def zapstream_work(env: dict[str, str], config: Path, run: str) -> Iterator[int]
         stop(worker)
 
 
-@contextlib.contextmanager
-def celery_worker(options: Options, env: dict[str, str], run: str) -> Iterator[int]:
-    """A Celery worker of the peer's app; its pid. Ready once it answers the warm-up."""
+def zapstream_work(
+    env: dict[str, str], config: Path, run: str
+) -> contextlib.AbstractContextManager[int]:
+    """`zapstream work`: every group of the bench's topology."""
+    argv = [str(Path(sys.executable).with_name("zapstream")), "work"]
+    return _process(argv, {**env, "ZAPSTREAM_CONFIG": str(config)}, f"e2e-zapstream-work-{run}.log")
+
+
+def celery_worker(
+    options: Options, env: dict[str, str], run: str
+) -> contextlib.AbstractContextManager[int]:
+    """A Celery worker of the peer's app. Ready once it answers the warm-up."""
     argv = [
         sys.executable,
         "-m",
@@ -122,20 +129,7 @@ def celery_worker(options: Options, env: dict[str, str], run: str) -> Iterator[i
         "--loglevel",
         "warning",
     ]
-    log = OUT / f"e2e-celery-worker-{run}.log"
-    with log.open("wb") as sink:
-        worker = subprocess.Popen(
-            argv,
-            cwd=OUT,
-            env={**os.environ, **env},
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield worker.pid
-    finally:
-        stop(worker)
+    return _process(argv, env, f"e2e-celery-worker-{run}.log")
 
 
 @contextlib.contextmanager
