@@ -14,12 +14,18 @@ id and reason, and skipped, so the follower never loops on it.
 
 Followers read with XREAD from their positions, never with consumer groups: a read model is
 rebuilt by reading the log again from the start, which a group's delivery state cannot do.
+
+After every commit (and at start) the follower mirrors its positions into the Redis hash
+`<prefix>:projections` (field `<projection>:<stream key>`), so that trimming knows what each
+projection still needs even while its database is down. The mirror is written after the
+commit, so it is never ahead of the checkpoint; a follower that dies between the two leaves
+it behind, which only trims less.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 import msgspec
@@ -28,7 +34,7 @@ from redis.asyncio import Redis
 
 from zapstream.envelope import decode_fields
 from zapstream.events import Event
-from zapstream.keys import stream_keys
+from zapstream.keys import projections_key, stream_keys
 from zapstream.topology import Topology
 
 log = structlog.get_logger()
@@ -48,6 +54,8 @@ class Item(msgspec.Struct, frozen=True, kw_only=True):
     entry_id: str
     event: Event | None  # None when the entry cannot be decoded (see `error`)
     error: str = ""
+    # The entry's fields as text, for a target that stores them as they are (the archive).
+    fields: dict[str, str] | None = None
 
     @property
     def at_ms(self) -> int:
@@ -71,7 +79,10 @@ class Target(Protocol):
     """A read model: where events go, and where its checkpoint is kept."""
 
     name: ClassVar[str]
-    streams: ClassVar[tuple[str, ...]]  # the streams it reads
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """The streams it reads (a class constant, or every stream for the archive)."""
 
     async def start(self) -> None:
         """Connect, create what is missing and migrate (safe from two processes at once)."""
@@ -96,6 +107,7 @@ class Target(Protocol):
 
 
 def decode(key: str, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> Item:
+    """The entry with its event decoded (and upcast); unreadable ones carry their error."""
     try:
         event = decode_fields(fields)
     except (ValueError, msgspec.ValidationError) as err:
@@ -103,7 +115,15 @@ def decode(key: str, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> 
     return Item(key=key, stream=stream, entry_id=entry_id, event=event)
 
 
+def keep_fields(key: str, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> Item:
+    """The entry's text fields, undecoded: whatever its type and version."""
+    text = {k.decode(): v.decode() for k, v in fields.items()}
+    return Item(key=key, stream=stream, entry_id=entry_id, event=None, fields=text)
+
+
 Progress = Callable[[int], None]  # called with the entries just applied
+# Entries read before the streams (the archive), in entry-id order per stream key.
+Source = Callable[[dict[str, str]], AsyncIterator[list[Item]]]
 
 
 class Follower:
@@ -117,9 +137,14 @@ class Follower:
         *,
         batch: int = BATCH,
         block_ms: int = BLOCK_MS,
+        mirror: bool = True,
     ) -> None:
         self.redis = redis
+        self.topology = topology
         self.target = target
+        self.mirror = mirror  # a replay's copy is not mirrored: it is not what trimming waits for
+        # A target that stores entries as they are (the archive) sets `keeps_fields`.
+        self.decode = keep_fields if getattr(target, "keeps_fields", False) else decode
         self.batch = batch
         self.block_ms = block_ms
         self.stream_of = {
@@ -140,12 +165,28 @@ class Follower:
                 positions = await self._apply(items, positions)
 
     async def catch_up(
-        self, until: dict[str, str] | None = None, progress: Progress | None = None
+        self,
+        until: dict[str, str] | None = None,
+        progress: Progress | None = None,
+        before: Source | None = None,
     ) -> int:
-        """Apply everything up to `until` (default: the log's end now); the entries applied."""
+        """Apply everything up to `until` (default: the log's end now), reading `before` (the
+        archive) first and dropping the entries it already gave; the entries applied."""
         until = until or await self.ends()
         positions = await self._positions()
         applied = 0
+        if before is not None:
+            async for batch in before(positions):
+                items = [
+                    item
+                    for item in batch
+                    if item.key in positions and _before(positions[item.key], item.entry_id)
+                ]
+                if items:
+                    positions = await self._apply(items, positions)
+                    applied += len(items)
+                    if progress is not None:
+                        progress(len(items))
         while not self._stopping:
             behind = {k: p for k, p in positions.items() if _before(p, until.get(k, START))}
             if not behind:
@@ -180,7 +221,16 @@ class Follower:
                     raise
                 await self._backoff(err, 0)
                 continue
-            return {key: stored.get(key, START) for key in self.stream_of}
+            positions = {key: stored.get(key, START) for key in self.stream_of}
+            await self._mirror(positions)
+            return positions
+
+    async def _mirror(self, positions: dict[str, str]) -> None:
+        if not self.mirror or not positions:
+            return
+        fields = {f"{self.target.name}:{key}": position for key, position in positions.items()}
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            await self.redis.hset(projections_key(self.topology), mapping=fields)  # type: ignore[arg-type]
 
     async def _read(
         self, positions: dict[str, str], block_ms: int | None, until: dict[str, str] | None = None
@@ -199,7 +249,7 @@ class Follower:
                 entry_id = raw_id.decode()
                 if limit is not None and _before(limit, entry_id):
                     break
-                items.append(decode(key, self.stream_of[key], entry_id, fields or {}))
+                items.append(self.decode(key, self.stream_of[key], entry_id, fields or {}))
         return items
 
     async def _apply(self, items: list[Item], positions: dict[str, str]) -> dict[str, str]:
@@ -219,8 +269,11 @@ class Follower:
                     await self._backoff(err, attempt)
                     attempt += 1
                     continue
-                return await self._apply_one_by_one(items, positions, err)
+                end = await self._apply_one_by_one(items, positions, err)
+                await self._mirror(end)
+                return end
             self.applied += len(items)
+            await self._mirror(end)
             return end
 
     async def _apply_one_by_one(

@@ -10,6 +10,11 @@ the promoted model's positions. Ctrl-C before the promotion drops the copy and l
 model as it was. A replay only reads the log: it never calls the AI, never sends, never
 appends.
 
+A replay reads the archive first, then the streams after the last archived entry id (see
+Follower.catch_up), so it sees the whole history also after trimming. While it runs it pins
+trimming (`replay:<projection>:<key>` in the projections hash) at the archive's checkpoint of
+its start, so that nothing between the archive it read and the streams is trimmed meanwhile.
+
 `since` (a time) rebuilds what the events since then touch; today that is computed by
 replaying everything (so it equals a full replay by construction), which costs a full replay.
 """
@@ -23,20 +28,24 @@ from typing import TextIO
 from redis.asyncio import Redis
 
 from projections.analytics import AnalyticsTarget
-from projections.follower import Follower, Target
+from projections.archive import ArchiveTarget, archive_source, read_checkpoint
+from projections.follower import START, Follower, Target
 from projections.sessions import SessionsTarget
-from zapstream.keys import stream_keys
+from zapstream.keys import projections_key, stream_keys
 from zapstream.settings import Settings
 from zapstream.topology import Topology
 
-PROJECTIONS = ("sessions", "analytics")
+PROJECTIONS = ("sessions", "analytics")  # the read models: replayed
+FOLLOWED = (*PROJECTIONS, "archive")  # what `project` follows; the archive is never replayed
 
 
-def live_target(name: str, settings: Settings) -> Target:
+def live_target(name: str, settings: Settings, topology: Topology | None = None) -> Target:
     if name == "sessions":
         return SessionsTarget(settings.database_url)
     if name == "analytics":
         return AnalyticsTarget(settings.duckdb_path)
+    if name == "archive" and topology is not None:
+        return ArchiveTarget(settings.archive_dir, topology)
     raise ValueError(f"unknown projection {name!r}")
 
 
@@ -95,15 +104,21 @@ async def replay(
     shadow = shadow_target(name, settings)
     await shadow.drop()  # what an interrupted replay left behind (works before start)
     await shadow.start()
-    follower = Follower(redis, topology, shadow)
-    total = 0
-    for stream in shadow.streams:
-        for key in stream_keys(topology, stream):
-            total += int(await redis.xlen(key))
+    follower = Follower(redis, topology, shadow, mirror=False)
+    archived = read_checkpoint(settings.archive_dir)
+    keys = [key for stream in shadow.streams for key in stream_keys(topology, stream)]
+    pins = {f"replay:{name}:{key}": archived.positions.get(key, START) for key in keys}
+    await redis.hset(projections_key(topology), mapping=pins)  # type: ignore[arg-type]
+    total = sum(archived.extents[key].entries for key in keys if key in archived.extents)
+    for key in keys:
+        total += int(await redis.xlen(key))
     bar = ProgressBar(name, total) if progress else None
     try:
-        applied = await follower.catch_up(progress=bar)
+        applied = await follower.catch_up(
+            progress=bar, before=archive_source(settings.archive_dir, topology)
+        )
         if bar is not None:
+            bar.total = max(bar.done, 1)  # the archive and the streams overlap
             bar.finish()
         if isinstance(shadow, AnalyticsTarget):
             await shadow.promote(settings.duckdb_path)
@@ -113,5 +128,6 @@ async def replay(
         await shadow.drop()
         raise
     finally:
+        await redis.hdel(projections_key(topology), *pins)
         await shadow.close()
     return applied

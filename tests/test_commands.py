@@ -65,6 +65,7 @@ async def running(
         "REDIS_URL": redis_url,
         "DATABASE_URL": pg_url,
         "DUCKDB_PATH": str(tmp_path / "analytics.duckdb"),
+        "ARCHIVE_DIR": str(tmp_path / "archive"),
         "ZAPSTREAM_CONFIG": str(config),
         "WHATSAPP_APP_SECRET": SECRET,
         "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
@@ -242,6 +243,7 @@ async def test_project_follows_and_answers_ready_for_redis_and_its_targets(
         "REDIS_URL": redis_url,
         "DATABASE_URL": pg_url,
         "DUCKDB_PATH": str(tmp_path / "analytics.duckdb"),
+        "ARCHIVE_DIR": str(tmp_path / "archive"),
         "ZAPSTREAM_CONFIG": str(ROOT / "streams.yaml"),
     }
     process = await asyncio.create_subprocess_exec(

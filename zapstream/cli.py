@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import structlog
 
 from processors.groups import TICKS, pick_responder, select_handlers
-from projections.replay import PROJECTIONS
+from projections.replay import FOLLOWED, PROJECTIONS
 from zapstream import chat, operate, run
 from zapstream.logs import configure_logging
 from zapstream.settings import ConfigError, load_settings
@@ -57,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--projection",
         action="append",
         default=[],
-        choices=PROJECTIONS,
+        choices=FOLLOWED,
         metavar="NAME",
-        help=f"follow only this one (repeatable: {', '.join(PROJECTIONS)}; default: all)",
+        help=f"follow only this one (repeatable: {', '.join(FOLLOWED)}; default: all)",
     )
     project.add_argument(
         "--metrics-port",
@@ -138,11 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     port=args.port,
                     ticks=TICKS,
                     responder=pick_responder(settings) if "respond" in handlers else None,
-                    projections=PROJECTIONS,
+                    projections=FOLLOWED,
                 )
             )
         if args.command == "project":
-            names = args.projection or list(PROJECTIONS)
+            names = args.projection or list(FOLLOWED)
             return run.run_command(
                 run.project(settings, topology, names, metrics_port=args.metrics_port)
             )

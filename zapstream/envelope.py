@@ -3,11 +3,16 @@
 An entry's fields are `type`, `v`, `session_id`, then the event's own fields in declaration
 order. Text stays text, numbers are decimal, and nested data is JSON, so that
 `redis-cli XRANGE` shows a readable event.
+
+Entries of an older `v` (the archive keeps them for years) are upcast when read: UPCASTERS
+holds one function per (type, version) that turns that version's fields into the next
+version's, applied in a chain up to the current one. An event type whose shape changes gets
+a new `version` and an upcaster here; nothing rewrites the log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -42,8 +47,24 @@ def _json_fields(cls: type[Event]) -> frozenset[str]:
     return frozenset(f.encode_name for f in info.fields if not isinstance(f.type, plain))
 
 
+Fields = dict[str, Any]  # an entry's text fields, `type` included, `v` removed
+Upcaster = Callable[[Fields], Fields]
+
+
+def _reply_sent_v1(fields: Fields) -> Fields:
+    """reply.sent v1 named only the first part's wamid; v2 lists every part in `wamids`."""
+    if "wamids" not in fields:
+        fields["wamids"] = _json_encoder.encode([fields.get("message_id", "")]).decode()
+    return fields
+
+
+# (type, version) -> the upcaster from that version to the next.
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    ("reply.sent", 1): _reply_sent_v1,
+}
+
+
 _JSON_FIELDS = {name: _json_fields(cls) for name, cls in EVENT_TYPES.items()}
-_VERSIONS = {name: str(cls.version) for name, cls in EVENT_TYPES.items()}
 _json_decoder = msgspec.json.Decoder()
 
 
@@ -72,15 +93,23 @@ def decode_fields(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Event:
     cls = EVENT_TYPES.get(name)
     if cls is None:
         raise UnknownEventError(f"unknown event type {name!r}")
-    version = values.pop("v", "1")
-    if version != _VERSIONS[name]:
-        raise UnknownEventError(
-            f"{name} v{version} is not readable (this version reads v{cls.version})"
-        )
+    values = _upcast(name, values.pop("v", "1"), values, cls.version)
     for key in _JSON_FIELDS[name]:
         if key in values:
             values[key] = _json_decoder.decode(values[key])
     return msgspec.convert(values, cls, strict=False)
+
+
+def _upcast(name: str, version: str, values: Fields, current: int) -> Fields:
+    number = int(version) if version.isdigit() else 0
+    while 1 <= number < current and (name, number) in UPCASTERS:
+        values = UPCASTERS[(name, number)](values)
+        number += 1
+    if number != current:
+        raise UnknownEventError(
+            f"{name} v{version} is not readable (this version reads v{current})"
+        )
+    return values
 
 
 def decode_entry(stream: str, entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> Envelope:

@@ -69,6 +69,8 @@ class ReplyGenerated(Event, tag="reply.generated", frozen=True, kw_only=True):
 
 
 class ReplySent(Event, tag="reply.sent", frozen=True, kw_only=True):
+    # v2 lists every part in `wamids`; v1 entries (no `wamids`) are upcast in envelope.py.
+    version: ClassVar[int] = 2
     turn_id: str
     reply_id: str
     message_id: str  # the wamid of the reply (of its first part when split)

@@ -22,6 +22,8 @@ Layout (prefix `zapstream`, partition 0):
     zapstream:{p0}:pair:<phone_number_id>:<customer> string: the customer's pair-limit bucket
     zapstream:rate:<phone_number_id>                string: the business number's send bucket
     zapstream:paused                                string with a TTL: why sending is paused
+    zapstream:projections                           hash: `<projection>:<stream key>` -> the
+                                                     projection's checkpoint (its mirror)
 
 All keys of one partition share the hash tag `{pN}`, so one Lua script may touch them together,
 also on Redis Cluster. A conversation's partition is `partition_for(conversation, partitions)`:
@@ -146,3 +148,9 @@ def rate_key(topology: Topology, phone_number_id: str) -> str:
 
 def paused_key(topology: Topology) -> str:
     return f"{topology.prefix}:paused"
+
+
+def projections_key(topology: Topology) -> str:
+    """The mirror of every projection's checkpoint, which trimming reads (no hash tag: it is
+    never used in a script with a stream)."""
+    return f"{topology.prefix}:projections"

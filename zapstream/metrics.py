@@ -80,6 +80,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.trim_pinned = Gauge(
+            "zapstream_retention_pinned_entries",
+            "Entries older than the stream's retention kept because a group or projection "
+            "still needs them (inspect names which)",
+            ["stream_key"],
+            registry=self.registry,
+        )
+        self.trimmed = Counter(
+            "zapstream_trimmed_entries",
+            "Entries removed from a stream by trimming",
+            ["stream_key"],
+            registry=self.registry,
+        )
+
     # Labelled children are looked up once: labels() takes a lock on every call.
 
     @functools.cache  # noqa: B019 - one Metrics per process, kept for its lifetime

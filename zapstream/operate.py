@@ -1,8 +1,9 @@
 """Operator commands: `handoff list | release`, `inspect`, `replay` and `report`.
 
 `inspect` reads what redis-cli would (XINFO STREAM, XINFO GROUPS, XPENDING, XLEN) and adds
-what zapstream keeps beside the streams: dead letters, replies in doubt, held sessions, and
-whether sending is paused.
+what zapstream keeps beside the streams: dead letters, replies in doubt, held sessions,
+whether sending is paused, each stream's trim point and what pins it, and the archive's
+extent (from ARCHIVE_DIR's checkpoint, when this machine has it).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import msgspec
 from redis.asyncio import Redis
 
 from processors.handoff import held_sessions, release
+from projections.archive import read_checkpoint
 from projections.replay import PROJECTIONS
 from projections.replay import replay as rebuild
 from projections.report import render as render_report
 from projections.report import report as read_report
+from projections.trim import TrimPlan, plan_trim
 from zapstream.connections import open_redis
 from zapstream.keys import dead_letter_key, doubt_key, paused_key, stream_key
 from zapstream.settings import Settings
@@ -72,6 +75,14 @@ class GroupView(msgspec.Struct, kw_only=True):
     dead_letters: int
 
 
+class ArchiveView(msgspec.Struct, kw_only=True):
+    first: str  # the first entry id archived ("" when none)
+    last: str  # the last entry id archived
+    files: int
+    bytes: int
+    entries: int
+
+
 class StreamView(msgspec.Struct, kw_only=True):
     stream: str
     key: str
@@ -79,6 +90,8 @@ class StreamView(msgspec.Struct, kw_only=True):
     first: str
     last: str
     groups: list[GroupView]
+    trim: TrimPlan | None = None  # for a stream with a retention
+    archive: ArchiveView | None = None
 
 
 class InDoubt(msgspec.Struct, kw_only=True):
@@ -93,8 +106,11 @@ class Inspection(msgspec.Struct, kw_only=True):
     sending_paused: str  # why, while paused; empty otherwise
 
 
-async def read_inspection(redis: Redis, topology: Topology) -> Inspection:
+async def read_inspection(
+    redis: Redis, topology: Topology, archive_dir: str | None = None
+) -> Inspection:
     streams: list[StreamView] = []
+    extents = read_checkpoint(archive_dir).extents if archive_dir else {}
     group_of_stream: dict[str, list[str]] = {}
     for group_name, spec in topology.groups.items():
         for stream in spec.streams:
@@ -133,6 +149,18 @@ async def read_inspection(redis: Redis, topology: Topology) -> Inspection:
                     groups=views,
                 )
             )
+    for view in streams:
+        if topology.streams[view.stream].retention is not None:
+            view.trim = await plan_trim(redis, topology, view.stream, view.key)
+        if view.key in extents:
+            extent = extents[view.key]
+            view.archive = ArchiveView(
+                first=extent.first,
+                last=extent.last,
+                files=extent.files,
+                bytes=extent.bytes,
+                entries=extent.entries,
+            )
     seconds, micros = await redis.time()
     now_ms = seconds * 1000 + micros // 1000
     in_doubt = []
@@ -154,7 +182,7 @@ async def read_inspection(redis: Redis, topology: Topology) -> Inspection:
 async def inspect(settings: Settings, topology: Topology, args: argparse.Namespace) -> int:
     async with open_redis(settings.redis_url) as redis:
         while True:
-            found = await read_inspection(redis, topology)
+            found = await read_inspection(redis, topology, settings.archive_dir)
             if args.json:
                 print(msgspec.json.encode(found).decode(), flush=True)
             else:
@@ -185,6 +213,21 @@ def render(found: Inspection) -> str:
                 ]
             )
     lines = [_table(rows), ""]
+    retention = [["stream", "trim point", "retention wants", "pinned", "by", "archived", "files"]]
+    for stream in found.streams:
+        plan, archived = stream.trim, stream.archive
+        retention.append(
+            [
+                stream.key,
+                (plan.point or "-") if plan else "no retention",
+                (plan.wanted or "-") if plan else "",
+                str(plan.pinned) if plan else "",
+                (plan.pinned_by or "-") if plan else "",
+                f"{archived.first}..{archived.last}" if archived else "-",
+                f"{archived.files} ({archived.bytes:,} B)" if archived else "-",
+            ]
+        )
+    lines += [_table(retention), ""]
     lines.append(f"replies in doubt: {len(found.in_doubt)}")
     lines += [f"  {item.part}  in doubt for {item.for_s:g}s" for item in found.in_doubt]
     lines.append(f"sessions held by a human: {found.held_sessions}")

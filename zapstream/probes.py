@@ -15,9 +15,7 @@ from zapstream.metrics import metrics_endpoint
 Check = Callable[[], Awaitable[str]]  # "" when fine, else what failed
 
 
-def probe_routes(
-    redis_of: Callable[[Request], Redis], checks: Sequence[Check] = ()
-) -> list[Route]:
+def probe_routes(redis_of: Callable[[Request], Redis], checks: Sequence[Check] = ()) -> list[Route]:
     """The probe routes; `/ready` answers 200 while the Redis `redis_of(request)` answers and
     every check passes, else 503 naming what failed."""
 

@@ -34,6 +34,7 @@ from ingest.app import create_app
 from processors.runtime import GroupRunner, Handler, HandlerContext, Tick
 from projections.follower import Follower, Target
 from projections.replay import live_target
+from projections.trim import Trimmer
 from zapstream.connections import open_redis
 from zapstream.metrics import Metrics
 from zapstream.probes import probe_routes
@@ -102,6 +103,7 @@ async def run_all(
         _followers(ctx.redis, topology, settings, projections) as followers,
     ):
         runners = _runners(ctx, handlers, ticks)
+        trimmer = Trimmer(ctx.redis, topology, metrics)
 
         def stop() -> None:
             server.should_exit = True
@@ -109,6 +111,7 @@ async def run_all(
                 runner.stop()
             for follower in followers:
                 follower.stop()
+            trimmer.stop()
 
         log.info("running", host=host, port=port, groups=list(handlers), projections=projections)
         with StopOnSignal(stop):
@@ -118,6 +121,8 @@ async def run_all(
                     tasks.create_task(runner.run())
                 for follower in followers:
                     tasks.create_task(follower.run())
+                if _trims(topology):
+                    tasks.create_task(trimmer.run())
     return 0 if server.started else 1
 
 
@@ -147,9 +152,12 @@ async def project(
             else None
         )
 
+        trimmer = Trimmer(redis, topology, metrics)
+
         def stop() -> None:
             for follower in followers:
                 follower.stop()
+            trimmer.stop()
             if probes:
                 probes.should_exit = True
 
@@ -160,7 +168,15 @@ async def project(
                     tasks.create_task(probes.serve())
                 for follower in followers:
                     tasks.create_task(follower.run())
+                if _trims(topology):
+                    tasks.create_task(trimmer.run())
     return 0
+
+
+def _trims(topology: Topology) -> bool:
+    """Whether any stream has a retention (trimming waits for every projection anyway, so it
+    is safe to run beside any subset of them, in any number of processes)."""
+    return any(spec.retention is not None for spec in topology.streams.values())
 
 
 def _answers(target: Target) -> Callable[[], Awaitable[str]]:
@@ -182,7 +198,7 @@ async def _followers(
     redis: Redis, topology: Topology, settings: Settings, names: Sequence[str]
 ) -> AsyncIterator[list[Follower]]:
     """A started target and its follower per projection; closed on the way out."""
-    targets = [live_target(name, settings) for name in names]
+    targets = [live_target(name, settings, topology) for name in names]
     try:
         for target in targets:
             await target.start()

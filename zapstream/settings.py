@@ -23,6 +23,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/zapstream"
     duckdb_path: str = "data/analytics.duckdb"
+    # The archive projection's Parquet files and checkpoint (projections/archive.py).
+    archive_dir: str = "data/archive"
     config_path: str = "streams.yaml"
     # Two comma-separated secrets are accepted while one is rotated.
     app_secrets: tuple[str, ...] = ()
@@ -51,6 +53,7 @@ _ENV_NAMES: dict[str, str] = {
     "redis_url": "REDIS_URL",
     "database_url": "DATABASE_URL",
     "duckdb_path": "DUCKDB_PATH",
+    "archive_dir": "ARCHIVE_DIR",
     "config_path": "ZAPSTREAM_CONFIG",
     "app_secrets": "WHATSAPP_APP_SECRET",
     "verify_token": "WHATSAPP_VERIFY_TOKEN",

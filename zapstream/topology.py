@@ -7,6 +7,7 @@ exist raises ConfigError naming the file, the key and the reason.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -49,8 +50,28 @@ class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """Base of every streams.yaml Struct: a typo in our own file stops the start."""
 
 
+class Retention(_Spec, frozen=True, kw_only=True):
+    """How much of a stream Redis keeps: entries older than `max_age` or beyond the newest
+    `max_len` may be trimmed, once archived and consumed (projections/trim.py)."""
+
+    max_age: Duration | None = None
+    max_len: int | None = None
+
+
 class StreamSpec(_Spec, frozen=True, kw_only=True):
     description: str = ""
+    retention: Retention | None = None  # None: never trimmed
+
+
+# Projections a topology may name in `trimming.projections`.
+PROJECTION_NAMES = ("sessions", "analytics", "archive")
+
+
+class Trimming(_Spec, frozen=True, kw_only=True):
+    # How often `zapstream project` (and `run`) trims the streams that have a retention.
+    every: Duration = Duration(60.0)
+    # Projections whose checkpoints pin trimming; one that never ran pins it at the start.
+    projections: tuple[str, ...] = PROJECTION_NAMES
 
 
 class Backoff(_Spec, frozen=True, kw_only=True):
@@ -132,6 +153,7 @@ class Topology(_Spec, frozen=True, kw_only=True):
     debounce: Debounce = Debounce()
     rate_limits: RateLimits = RateLimits()
     send: Send = Send()
+    trimming: Trimming = Trimming()
     streams: dict[str, StreamSpec]
     groups: dict[str, GroupSpec] = {}
 
@@ -240,6 +262,7 @@ def _check(topology: Topology, source: str) -> None:
     for name in topology.streams:
         if not _NAME.match(name):
             fail(f"streams.{name}", "a stream name is lowercase letters, digits, `_`, `.`, `-`")
+    _check_retention(topology, fail)
     for name in REQUIRED_STREAMS:
         if name not in topology.streams:
             fail("streams", f"the stream `{name}` is required (the webhook appends to it)")
@@ -261,3 +284,31 @@ def _check(topology: Topology, source: str) -> None:
         for field in ("block", "idle", "grace", "timeout"):
             if getattr(group, field) <= 0:
                 fail(f"{key}.{field}", "must be longer than zero")
+
+
+def _check_retention(topology: Topology, fail: Callable[[str, str], None]) -> None:
+    if topology.trimming.every <= 0:
+        fail("trimming.every", "must be longer than zero")
+    for name in topology.trimming.projections:
+        if name not in PROJECTION_NAMES:
+            fail(
+                "trimming.projections",
+                f"unknown projection `{name}` (known: sessions, analytics, archive)",
+            )
+    for name, spec in topology.streams.items():
+        retention = spec.retention
+        if retention is None:
+            continue
+        key = f"streams.{name}.retention"
+        if retention.max_age is None and retention.max_len is None:
+            fail(key, "set max_age, max_len or both (or leave retention out: never trimmed)")
+        if retention.max_age is not None and retention.max_age <= 0:
+            fail(f"{key}.max_age", "must be longer than zero")
+        if retention.max_len is not None and retention.max_len < 1:
+            fail(f"{key}.max_len", "must be at least 1")
+        if "archive" not in topology.trimming.projections:
+            fail(
+                key,
+                "trimming.projections must include `archive`: nothing is trimmed before "
+                "it is archived",
+            )

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import httpx
 import msgspec
-from ingest_bench import benchdb
-from process_bench.loop import run_like_work
 
 from e2e_bench.cpu import CpuMeter
 from e2e_bench.options import Options
@@ -26,6 +24,8 @@ from e2e_bench.progress import log_progress
 from e2e_bench.sides import RunningSide, running_side
 from e2e_bench.stages import stage_percentiles
 from e2e_bench.traffic import Post, build_conversations, send_open_loop
+from ingest_bench import benchdb
+from process_bench.loop import run_like_work
 from zapstream.topology import load_topology
 
 WARM_UP = 20  # conversations before the clock starts: every process has done one of each

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
+
 from ingest_bench.options import REPO
 
 # option, its default, its default with --quick

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import httpx
 import msgspec
-from ingest_bench import benchdb
-from ingest_bench.options import BENCH, OUT
-from ingest_bench.servers import ServerSpec, running_servers, stop
 
 from e2e_bench.options import Options
 from e2e_bench.progress import log_progress
 from e2e_bench.traffic import WEBHOOK_PATH
+from ingest_bench import benchdb
+from ingest_bench.options import BENCH, OUT
+from ingest_bench.servers import ServerSpec, running_servers, stop
 
 PEERS = BENCH / "e2e_peers"
 SIDES = ("zapstream", "celery")

@@ -87,3 +87,20 @@ def test_a_wrong_field_type_is_a_validation_error() -> None:
     fields = encode_fields(SAMPLES[6]) | {"code": "not-a-number"}
     with pytest.raises(msgspec.ValidationError):
         decode_fields(fields)
+
+
+def test_an_older_version_is_upcast_when_read() -> None:
+    """reply.sent v1 had no `wamids`: read today, it lists the one wamid it named."""
+    v1 = {
+        b"type": b"reply.sent",
+        b"v": b"1",
+        b"session_id": b"s1",
+        b"turn_id": b"1",
+        b"reply_id": b"s1:1",
+        b"message_id": b"wamid.OUT.1",
+    }
+    event = decode_fields(v1)
+    assert isinstance(event, ReplySent)
+    assert event.wamids == ["wamid.OUT.1"]
+    with pytest.raises(UnknownEventError):
+        decode_fields({**v1, b"v": b"0"})

@@ -100,3 +100,52 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
         parse_topology("streams: [unclosed")
     with pytest.raises(ConfigError, match=r"nowhere\.yaml: cannot read"):
         load_topology(tmp_path / "nowhere.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        (
+            "streams: {messages: {retention: {}}, statuses: {}}",
+            "streams.messages.retention",
+            "set max_age",
+        ),
+        (
+            "streams: {messages: {retention: {max_len: 0}}, statuses: {}}",
+            "retention.max_len",
+            "at least 1",
+        ),
+        (
+            "streams: {messages: {retention: {max_age: soon}}, statuses: {}}",
+            "retention.max_age",
+            "duration",
+        ),
+        (
+            "streams: {messages: {retention: {keep: 1}}, statuses: {}}",
+            "retention.keep",
+            "unknown key",
+        ),
+        (
+            "trimming: {projections: [search]}\nstreams: {messages: {}, statuses: {}}",
+            "trimming.projections",
+            "unknown projection",
+        ),
+        (
+            "trimming: {projections: [sessions]}\n"
+            "streams: {messages: {retention: {max_len: 9}}, statuses: {}}",
+            "streams.messages.retention",
+            "must include `archive`",
+        ),
+    ],
+)
+def test_a_bad_retention_names_its_key(text: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_topology(text)
+    assert key in str(raised.value) and reason in str(raised.value)
+
+
+def test_retention_of_the_repository_file() -> None:
+    topology = load_topology(Path(__file__).resolve().parents[2] / "streams.yaml")
+    retention = topology.streams["messages"].retention
+    assert retention is not None and retention.max_age == 7 * 86400
+    assert "archive" in topology.trimming.projections
