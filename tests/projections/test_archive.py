@@ -82,17 +82,20 @@ async def test_killed_archive_follower_loses_and_doubles_nothing(
             process.wait()
             process = start()
         await eventually(lambda: archived() == summary.events, timeout=60)
+        # The checkpoint is mirrored into Redis just after each commit.
+        last = (await redis.xrevrange(key("messages"), count=1))[0][0]
+        await eventually(lambda: _mirrored(redis, make_topology(), last), timeout=30)
     finally:
         process.kill()
         process.wait()
     ids = archived_ids(directory)
     assert len(ids) == len(set(ids)) == summary.events
     assert sorted(ids) == sorted(await log_ids(redis, make_topology()))
-    mirrors = await redis.hgetall(projections_key(make_topology()))
-    assert (
-        mirrors[f"archive:{key('messages')}".encode()]
-        == (await redis.xrevrange(key("messages"), count=1))[0][0]
-    )
+
+
+async def _mirrored(redis: Redis, topology: Topology, last: bytes) -> bool:
+    mirrors = await redis.hgetall(projections_key(topology))
+    return bool(mirrors.get(f"archive:{key('messages')}".encode()) == last)
 
 
 async def _follow(redis: Redis, topology: Topology, target: Any) -> None:
