@@ -35,6 +35,7 @@ bench: services
 	$(BIN)/python bench/ingest
 	$(BIN)/python bench/process
 	$(BIN)/python bench/e2e
+	$(BIN)/python bench/replay
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
