@@ -36,6 +36,7 @@ bench: services
 	$(BIN)/python bench/process
 	$(BIN)/python bench/e2e
 	$(BIN)/python bench/replay
+	$(BIN)/python bench/follow
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

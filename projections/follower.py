@@ -42,6 +42,7 @@ log = structlog.get_logger()
 START = "0-0"  # the position before the first entry
 BATCH = 2000  # entries per read and per transaction
 BLOCK_MS = 1000  # a follower caught up waits this long for new entries
+DECODE_STEP = 200  # entries decoded between two chances for the event loop to serve others
 BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # after transient failures; the last repeats
 REDIS_TIMEOUT_S = 10.0
 
@@ -56,6 +57,9 @@ class Item(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
     # The entry's fields as text, for a target that stores them as they are (the archive).
     fields: dict[str, str] | None = None
+    # What a target's own decoder (`decode_entry`) made of the entry instead of an Event
+    # (analytics: its row as JSON); set only for an entry that decode() reads as well.
+    data: str | None = None
 
     @property
     def at_ms(self) -> int:
@@ -121,6 +125,7 @@ def keep_fields(key: str, stream: str, entry_id: str, fields: dict[bytes, bytes]
     return Item(key=key, stream=stream, entry_id=entry_id, event=None, fields=text)
 
 
+Decoder = Callable[[str, str, str, dict[bytes, bytes]], Item]  # key, stream, entry id, fields
 Progress = Callable[[int], None]  # called with the entries just applied
 # Entries read before the streams (the archive), in entry-id order per stream key.
 Source = Callable[[dict[str, str]], AsyncIterator[list[Item]]]
@@ -135,7 +140,7 @@ class Follower:
         topology: Topology,
         target: Target,
         *,
-        batch: int = BATCH,
+        batch: int | None = None,
         block_ms: int = BLOCK_MS,
         mirror: bool = True,
     ) -> None:
@@ -143,9 +148,15 @@ class Follower:
         self.topology = topology
         self.target = target
         self.mirror = mirror  # a replay's copy is not mirrored: it is not what trimming waits for
-        # A target that stores entries as they are (the archive) sets `keeps_fields`.
-        self.decode = keep_fields if getattr(target, "keeps_fields", False) else decode
-        self.batch = batch
+        # A target that stores entries as they are (the archive) sets `keeps_fields`; one
+        # that reads entries its own (faster) way has a `decode_entry` like decode() (analytics).
+        own: Decoder | None = getattr(target, "decode_entry", None)
+        self.decode: Decoder = own or (
+            keep_fields if getattr(target, "keeps_fields", False) else decode
+        )
+        # Entries per read and per transaction: `batch`, else the target's `batch` (a replay's
+        # copy asks for larger ones: fewer commits), else BATCH.
+        self.batch: int = batch if batch is not None else getattr(target, "batch", BATCH)
         self.block_ms = block_ms
         self.stream_of = {
             key: stream for stream in target.streams for key in stream_keys(topology, stream)
@@ -187,18 +198,38 @@ class Follower:
                     applied += len(items)
                     if progress is not None:
                         progress(len(items))
-        while not self._stopping:
-            behind = {k: p for k, p in positions.items() if _before(p, until.get(k, START))}
-            if not behind:
-                return applied
-            items = await self._read(behind, None, until)
-            if not items:
-                return applied
-            positions = await self._apply(items, positions)
+        # The next batch is read (and decoded) while the target applies this one: the target
+        # works in a thread of its own (DuckDB) or in its database (PostgreSQL). A batch read
+        # ahead is used only when the batch before ends where it was read from (no Moved).
+        items = await self._read_behind(positions, until)
+        while items and not self._stopping:
+            expected = dict(positions)
+            for item in items:
+                expected[item.key] = item.entry_id
+            applying = asyncio.create_task(self._apply(items, positions))
+            try:
+                ahead = await self._read_behind(expected, until)
+            except Exception:
+                await applying  # the batch read is applied, as without reading ahead
+                raise
+            except BaseException:
+                applying.cancel()
+                raise
+            positions = await applying
             applied += len(items)
             if progress is not None:
                 progress(len(items))
+            if positions != expected:
+                ahead = await self._read_behind(positions, until)
+            items = ahead
         return applied
+
+    async def _read_behind(self, positions: dict[str, str], until: dict[str, str]) -> list[Item]:
+        """The next batch up to `until` from `positions` (none when every key is there)."""
+        behind = {k: p for k, p in positions.items() if _before(p, until.get(k, START))}
+        if not behind:
+            return []
+        return await self._read(behind, None, until)
 
     async def ends(self) -> dict[str, str]:
         """The last entry id of every stream the target reads (START when empty)."""
@@ -245,11 +276,18 @@ class Follower:
         for raw_key, entries in reply or []:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             limit = until.get(key) if until else None
+            if limit is not None and entries and not _before(limit, entries[-1][0].decode()):
+                limit = None  # the whole reply is within `until`: no entry to check
+            stream = self.stream_of[key]
+            decode_entry = self.decode
             for raw_id, fields in entries:
                 entry_id = raw_id.decode()
                 if limit is not None and _before(limit, entry_id):
                     break
-                items.append(self.decode(key, self.stream_of[key], entry_id, fields or {}))
+                items.append(decode_entry(key, stream, entry_id, fields or {}))
+                if len(items) % DECODE_STEP == 0:
+                    # Let the loop serve others (the webhook, in `zapstream run`) meanwhile.
+                    await asyncio.sleep(0)
         return items
 
     async def _apply(self, items: list[Item], positions: dict[str, str]) -> dict[str, str]:
@@ -286,7 +324,7 @@ class Follower:
             attempt = 0
             while True:
                 try:
-                    if item.event is None:
+                    if item.event is None and item.data is None:
                         failure = Failure(key=item.key, entry_id=item.entry_id, reason=item.error)
                         await self.target.apply([], start, positions, [failure])
                     else:

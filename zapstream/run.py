@@ -50,6 +50,7 @@ log = structlog.get_logger()
 
 HTTP_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 2.0
+RUN_BATCH = 500  # entries per stream key per batch for the followers of `zapstream run`
 
 
 async def work(
@@ -100,7 +101,9 @@ async def run_all(
     server = _webhook_server(settings, topology, metrics, host, port)
     async with (
         _handler_context(settings, topology, metrics, responder) as ctx,
-        _followers(ctx.redis, topology, settings, projections) as followers,
+        # Smaller batches than `project`: each batch's reading and row building are steps of
+        # the event loop that also serves the webhook.
+        _followers(ctx.redis, topology, settings, projections, RUN_BATCH) as followers,
     ):
         runners = _runners(ctx, handlers, ticks)
         trimmer = Trimmer(ctx.redis, topology, metrics)
@@ -195,14 +198,18 @@ def _answers(target: Target) -> Callable[[], Awaitable[str]]:
 
 @contextlib.asynccontextmanager
 async def _followers(
-    redis: Redis, topology: Topology, settings: Settings, names: Sequence[str]
+    redis: Redis,
+    topology: Topology,
+    settings: Settings,
+    names: Sequence[str],
+    batch: int | None = None,
 ) -> AsyncIterator[list[Follower]]:
     """A started target and its follower per projection; closed on the way out."""
     targets = [live_target(name, settings, topology) for name in names]
     try:
         for target in targets:
             await target.start()
-        yield [Follower(redis, topology, target) for target in targets]
+        yield [Follower(redis, topology, target, batch=batch) for target in targets]
     finally:
         for target in targets:
             await target.close()
