@@ -52,9 +52,9 @@ def live_target(name: str, settings: Settings, topology: Topology | None = None)
 def shadow_target(name: str, settings: Settings) -> SessionsTarget | AnalyticsTarget:
     """An empty copy of the model, beside the live one, for a replay to fill."""
     if name == "sessions":
-        return SessionsTarget(settings.database_url, schema="zapstream_rebuild")
+        return SessionsTarget(settings.database_url, schema="zapstream_rebuild", bulk=True)
     if name == "analytics":
-        return AnalyticsTarget(f"{settings.duckdb_path}.rebuild")
+        return AnalyticsTarget(f"{settings.duckdb_path}.rebuild", rebuild=True)
     raise ValueError(f"unknown projection {name!r}")
 
 

@@ -4,7 +4,8 @@ Rows are a function of the set of events applied, never of the order they were r
 replay reads the streams in another interleaving than live following did, and must build the
 same rows. So every table merges a repeated key by a fixed rule (the least or the furthest
 value), and what depends on several events (a message's status, a session's status, its
-first and last message) is derived, on every write, from the facts kept in the tables.
+first and last message) is derived, on every write, from the facts kept in the tables (a
+replay's bulk copy derives it once, over the whole schema, before its promotion).
 Times come from the log only: WhatsApp's timestamps and the entries' own ids.
 
 One batch is one transaction: the checkpoint rows are locked and compared with the batch's
@@ -49,8 +50,13 @@ CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 30.0  # one statement
 APPLY_TIMEOUT_S = 60.0  # one batch's transaction, waiting for a connection included
 MIGRATE_TIMEOUT_S = 120.0
+DERIVE_TIMEOUT_S = 1800.0  # a bulk copy's derived columns, over the whole schema (promote)
+DERIVE_WORK_MEM = "256MB"
 LOCK_TIMEOUT = "10s"  # a row or table lock held elsewhere longer than this: a transient error
 START = "0-0"
+# ANALYZE the tables (autovacuum may be off) once this many entries are applied, then each
+# time the count doubles: plans keep up with the tables' growth at a logarithmic cost.
+ANALYZE_FIRST = 5_000
 TABLES = {  # the projected tables (checkpoint aside), each with its key
     "sessions": "session_id",
     "messages": "message_id",
@@ -83,23 +89,35 @@ class SessionsTarget:
     """The `sessions` model in `schema` of the database at `database_url`.
 
     A replay builds a copy in another schema and calls promote(); `live_schema` names the
-    schema it replaces.
+    schema it replaces. `bulk` (a replay's copy only): batches write the facts alone, and the
+    derived columns (a message's status, a session's status, ...) are computed once, over the
+    whole schema, by promote(); nobody reads the copy before that.
     """
 
     name: ClassVar[str] = "sessions"
     streams: ClassVar[tuple[str, ...]] = ("messages", "statuses", "turns", "replies", "handoffs")
 
     def __init__(
-        self, database_url: str, *, schema: str = LIVE_SCHEMA, live_schema: str = LIVE_SCHEMA
+        self,
+        database_url: str,
+        *,
+        schema: str = LIVE_SCHEMA,
+        live_schema: str = LIVE_SCHEMA,
+        bulk: bool = False,
     ) -> None:
         for value in (schema, live_schema):
             if not _SCHEMA_NAME.fullmatch(value):
                 raise ValueError(f"schema name {value!r}: lowercase letters, digits, _")
+        if bulk and schema == live_schema:
+            raise ValueError("bulk is for a replay's copy: the live schema is read meanwhile")
+        self.bulk = bulk
         self.database_url = database_url
         self.schema = schema
         self.live_schema = live_schema
         self._pool: asyncpg.Pool | None = None
         self._sql = _Statements(f'"{schema}"')
+        self._applied = 0  # entries applied by this instance
+        self._analyze_at = ANALYZE_FIRST
 
     async def start(self) -> None:
         """Create the database and the schema when missing and apply pending migrations;
@@ -158,6 +176,21 @@ class SessionsTarget:
                     await connection.execute(
                         self._sql.move_checkpoint, moved, [target[k] for k in moved]
                     )
+        self._applied += len(items) + len(failures)
+        if self._applied >= self._analyze_at:
+            self._analyze_at = self._applied * 2
+            await self._analyze()
+
+    async def _analyze(self) -> None:
+        """Refresh the planner's statistics. The batch is committed already: a failure here
+        is logged, never raised (the follower would retry a batch that is in)."""
+        try:
+            async with asyncio.timeout(MIGRATE_TIMEOUT_S):
+                async with self._connections().acquire() as connection:
+                    for table in TABLES:
+                        await connection.execute(f'ANALYZE "{self.schema}".{table}')
+        except Exception as error:  # statistics only: the next doubling tries again
+            log.warning("projection_analyze_failed", projection=self.name, error=repr(error))
 
     def transient(self, error: BaseException) -> bool:
         # A connection lost inside a transaction surfaces as the InterfaceError of its
@@ -186,6 +219,8 @@ class SessionsTarget:
         if self.schema == self.live_schema:
             raise ValueError("promote() is for a replay's copy, not the live schema")
         live, old = f'"{self.live_schema}"', f'"{self.live_schema}_old"'
+        if self.bulk:
+            await self._derive_all()
         async with asyncio.timeout(MIGRATE_TIMEOUT_S):
             connection = await _connect(self.database_url)
             try:
@@ -204,6 +239,30 @@ class SessionsTarget:
             finally:
                 await connection.close()
         log.info("projection_promoted", projection=self.name, schema=self.live_schema)
+
+    async def _derive_all(self) -> None:
+        """A bulk copy's derived columns, each table in one set-based statement, in the order
+        they depend on each other; then fresh statistics for the live follower's plans."""
+        sql = self._sql
+        async with asyncio.timeout(DERIVE_TIMEOUT_S):
+            connection = await _connect(self.database_url)
+            try:
+                async with connection.transaction():
+                    # whole-table hash joins: in memory rather than in batches on disk
+                    await connection.execute(f"SET LOCAL work_mem = '{DERIVE_WORK_MEM}'")
+                    for statement in (
+                        sql.derive_turns,
+                        sql.derive_messages,
+                        sql.derive_sessions,
+                        sql.derive_statuses,
+                    ):
+                        await connection.execute(statement, timeout=DERIVE_TIMEOUT_S)
+                for table in TABLES:
+                    await connection.execute(
+                        f'ANALYZE "{self.schema}".{table}', timeout=DERIVE_TIMEOUT_S
+                    )
+            finally:
+                await connection.close()
 
     async def drop(self) -> None:
         """Discard this (shadow) schema; nothing happens when it or its database is missing."""
@@ -265,13 +324,17 @@ class SessionsTarget:
         await _execute(connection, sql.outbound, rows.outbound, 5)
         await _execute(connection, sql.handoffs, rows.handoffs, 5)
         await _execute(connection, sql.errors, rows.errors, 3)
+        sessions.discard("")
+        if self.bulk:  # derived in promote()
+            identities = [(sid, *known) for sid, known in rows.identities.items()]
+            await _execute(connection, sql.identities, identities, 4)
+            return
         if rows.turn_keys:
             await connection.execute(sql.refresh_turns, *_columns(sorted(rows.turn_keys), 2))
         if rows.refresh_messages or rows.refresh_replies:
             await connection.execute(
                 sql.refresh_messages, sorted(rows.refresh_messages), sorted(rows.refresh_replies)
             )
-        sessions.discard("")
         if sessions:
             identities = [(sid, *known) for sid, known in rows.identities.items()]
             await _execute(connection, sql.identities, identities, 4)
@@ -500,8 +563,9 @@ class _Statements:
                 ) AS n(message_id, session_id, type, body, created_at)
                 ORDER BY message_id, session_id, created_at, type, body
             ), before AS (
-                SELECT m.session_id FROM {s}.messages m
-                WHERE m.message_id IN (SELECT message_id FROM n)
+                SELECT m.session_id FROM n CROSS JOIN LATERAL (
+                    SELECT m.session_id FROM {s}.messages m
+                    WHERE m.message_id = n.message_id OFFSET 0) AS m
             ), written AS (
                 INSERT INTO {s}.messages AS m
                     (message_id, session_id, direction, type, body, created_at, status)
@@ -617,27 +681,27 @@ class _Statements:
                 phone_number_id = greatest(s.phone_number_id, excluded.phone_number_id)
             WHERE excluded.wa_id > s.wa_id OR excluded.customer > s.customer
                 OR excluded.phone_number_id > s.phone_number_id"""
-        # A turn's outcome is its furthest reply's; replied_at when that one was sent.
+        # A turn's outcome is its furthest reply's; replied_at when that one was sent. Each
+        # statement below reads and writes the batch's keys only, through indexes, so a batch
+        # costs the same however large the tables are.
         self.refresh_turns = f"""
             INSERT INTO {s}.turns AS t (session_id, turn_id, outcome, replied_at)
-            SELECT DISTINCT ON (r.session_id, r.turn_id) r.session_id, r.turn_id, r.outcome,
-                CASE WHEN r.outcome = 'sent' THEN r.outcome_at END
-            FROM {s}.replies r
-            JOIN unnest($1::text[], $2::text[]) AS k(session_id, turn_id)
-                ON r.session_id = k.session_id AND r.turn_id = k.turn_id
-            ORDER BY r.session_id, r.turn_id, {order("r")} DESC, r.reply_id
+            SELECT k.session_id, k.turn_id, f.outcome, f.replied_at
+            FROM unnest($1::text[], $2::text[]) AS k(session_id, turn_id)
+            CROSS JOIN LATERAL (
+                SELECT r.outcome, CASE WHEN r.outcome = 'sent' THEN r.outcome_at END AS replied_at
+                FROM {s}.replies r
+                WHERE r.session_id = k.session_id AND r.turn_id = k.turn_id
+                ORDER BY {order("r")} DESC, r.reply_id LIMIT 1
+            ) AS f
+            ORDER BY k.session_id, k.turn_id
             ON CONFLICT (session_id, turn_id) DO UPDATE
                 SET outcome = excluded.outcome, replied_at = excluded.replied_at
             WHERE (t.outcome, t.replied_at) IS DISTINCT FROM (excluded.outcome, excluded.replied_at)
         """
         # Inbound: the turn that took it. Outbound: its reply's body, and its status from the
         # set of statuses it reached (failed is final; played counts as read).
-        self.refresh_messages = f"""
-            WITH k AS (
-                SELECT unnest($1::text[]) AS message_id
-                UNION SELECT message_id FROM {s}.messages WHERE reply_id = ANY($2::text[])
-            ), n AS (
-                SELECT m.message_id,
+        derived = f"""
                     CASE WHEN m.direction = 'in' THEN (SELECT tm.turn_id FROM {s}.turn_messages tm
                         WHERE tm.message_id = m.message_id) ELSE m.turn_id END AS turn_id,
                     CASE WHEN m.direction = 'in' THEN m.body ELSE coalesce((SELECT r.body
@@ -648,58 +712,157 @@ class _Statements:
                         WHEN bool_or(st.status = 'delivered') THEN 'delivered'
                         ELSE 'sent' END
                         FROM {s}.message_statuses st WHERE st.message_id = m.message_id)
-                    END AS status
-                FROM {s}.messages m JOIN k ON k.message_id = m.message_id
+                    END AS status"""
+        # Each key is looked up on its own (a LATERAL subquery behind OFFSET 0 is not flattened)
+        # and the rows are updated by ctid: index and TID scans whatever the planner estimates.
+        self.refresh_messages = f"""
+            WITH k AS MATERIALIZED (
+                SELECT m.* FROM unnest($1::text[]) AS k(id) CROSS JOIN LATERAL (
+                    SELECT m.ctid AS row, m.* FROM {s}.messages m
+                    WHERE m.message_id = k.id OFFSET 0) AS m
+                UNION
+                SELECT m.* FROM unnest($2::text[]) AS k(id) CROSS JOIN LATERAL (
+                    SELECT m.ctid AS row, m.* FROM {s}.messages m
+                    WHERE m.reply_id = k.id OFFSET 0) AS m
+            ), n AS MATERIALIZED (
+                SELECT m.row, {derived} FROM k AS m
             )
             UPDATE {s}.messages m SET turn_id = n.turn_id, body = n.body, status = n.status
-            FROM n WHERE m.message_id = n.message_id
+            FROM n WHERE m.ctid = ANY(ARRAY(SELECT row FROM n)) AND m.ctid = n.row
                 AND (m.turn_id, m.body, m.status) IS DISTINCT FROM (n.turn_id, n.body, n.status)
         """
-        self.refresh_sessions = f"""
-            WITH n AS (
-                SELECT k.session_id,
+        sessions = f"""
                     (SELECT min(created_at) FROM {s}.messages m
-                        WHERE m.session_id = k.session_id AND m.direction = 'in') AS started_at,
+                        WHERE m.session_id = s.session_id AND m.direction = 'in') AS started_at,
                     (SELECT max(created_at) FROM {s}.messages m
-                        WHERE m.session_id = k.session_id AND m.direction = 'in')
+                        WHERE m.session_id = s.session_id AND m.direction = 'in')
                         AS last_message_at,
                     (SELECT count(*) FROM {s}.turns t
-                        WHERE t.session_id = k.session_id AND t.ready_at IS NOT NULL)::int
-                        AS turn_count
-                FROM unnest($1::text[]) AS k(session_id)
+                        WHERE t.session_id = s.session_id AND t.ready_at IS NOT NULL)::int
+                        AS turn_count"""
+        self.refresh_sessions = f"""
+            WITH n AS MATERIALIZED (
+                SELECT s.row, {sessions}
+                FROM unnest($1::text[]) AS k(id) CROSS JOIN LATERAL (
+                    SELECT s.ctid AS row, s.session_id FROM {s}.sessions s
+                    WHERE s.session_id = k.id OFFSET 0) AS s
             )
             UPDATE {s}.sessions s SET started_at = n.started_at,
                 last_message_at = n.last_message_at, turn_count = n.turn_count
-            FROM n WHERE s.session_id = n.session_id
+            FROM n WHERE s.ctid = ANY(ARRAY(SELECT row FROM n)) AND s.ctid = n.row
                 AND (s.started_at, s.last_message_at, s.turn_count)
                     IS DISTINCT FROM (n.started_at, n.last_message_at, n.turn_count)
         """
         # closed: a later session of the same conversation exists; handoff: the session's
         # latest handoff entry is a request. Done for every session of the conversations
         # touched, as a new session closes the one before.
-        self.refresh_statuses = f"""
-            WITH c AS (
-                SELECT DISTINCT phone_number_id, customer FROM {s}.sessions
-                WHERE session_id = ANY($1::text[]) AND customer <> ''
-            ), members AS (
-                SELECT s.session_id, first_value(s.session_id) OVER (
-                    PARTITION BY s.phone_number_id, s.customer
-                    ORDER BY s.started_at DESC NULLS LAST, s.session_id DESC) AS latest
-                FROM {s}.sessions s JOIN c USING (phone_number_id, customer)
-                UNION ALL
-                SELECT session_id, NULL FROM {s}.sessions
-                WHERE session_id = ANY($1::text[]) AND customer = ''
-            ), n AS (
-                SELECT m.session_id, CASE
+        status = f"""CASE
                     WHEN m.latest <> m.session_id THEN 'closed'
                     WHEN (SELECT h.type FROM {s}.handoffs h WHERE h.session_id = m.session_id
                         ORDER BY h.at DESC, split_part(h.entry_id, '-', 2)::bigint DESC LIMIT 1)
                         = 'requested' THEN 'handoff'
-                    ELSE 'active' END AS status
+                    ELSE 'active' END"""
+        self.refresh_statuses = f"""
+            WITH t AS MATERIALIZED (
+                SELECT s.* FROM unnest($1::text[]) AS k(id) CROSS JOIN LATERAL (
+                    SELECT s.ctid AS row, s.session_id, s.phone_number_id, s.customer
+                    FROM {s}.sessions s WHERE s.session_id = k.id OFFSET 0) AS s
+            ), c AS (
+                SELECT DISTINCT phone_number_id, customer FROM t WHERE customer <> ''
+            ), members AS (
+                SELECT s.row, s.session_id, first_value(s.session_id) OVER (
+                    PARTITION BY s.phone_number_id, s.customer
+                    ORDER BY s.started_at DESC NULLS LAST, s.session_id DESC) AS latest
+                FROM c CROSS JOIN LATERAL (
+                    SELECT s.ctid AS row, s.* FROM {s}.sessions s
+                    WHERE s.phone_number_id = c.phone_number_id AND s.customer = c.customer
+                    OFFSET 0
+                ) AS s
+                UNION ALL
+                SELECT row, session_id, NULL FROM t WHERE customer = ''
+            ), n AS MATERIALIZED (
+                SELECT m.row, {status} AS status
                 FROM members m
             )
             UPDATE {s}.sessions s SET status = n.status
-            FROM n WHERE s.session_id = n.session_id AND s.status <> n.status
+            FROM n WHERE s.ctid = ANY(ARRAY(SELECT row FROM n)) AND s.ctid = n.row
+                AND s.status <> n.status
+        """
+        # The same derivations over the whole schema, set-based (a bulk copy's promote()):
+        # what the refresh statements above leave after every key has been refreshed.
+        self.derive_turns = f"""
+            INSERT INTO {s}.turns AS t (session_id, turn_id, outcome, replied_at)
+            SELECT DISTINCT ON (r.session_id, r.turn_id) r.session_id, r.turn_id, r.outcome,
+                CASE WHEN r.outcome = 'sent' THEN r.outcome_at END
+            FROM {s}.replies r
+            ORDER BY r.session_id, r.turn_id, {order("r")} DESC, r.reply_id
+            ON CONFLICT (session_id, turn_id) DO UPDATE
+                SET outcome = excluded.outcome, replied_at = excluded.replied_at
+            WHERE (t.outcome, t.replied_at) IS DISTINCT FROM (excluded.outcome, excluded.replied_at)
+        """
+        self.derive_messages = f"""
+            WITH st AS (
+                SELECT message_id, CASE
+                    WHEN bool_or(status = 'failed') THEN 'failed'
+                    WHEN bool_or(status IN ('read', 'played')) THEN 'read'
+                    WHEN bool_or(status = 'delivered') THEN 'delivered'
+                    ELSE 'sent' END AS status
+                FROM {s}.message_statuses GROUP BY message_id
+            ), n AS MATERIALIZED (
+                SELECT m.ctid AS row,
+                    CASE WHEN m.direction = 'in' THEN tm.turn_id ELSE m.turn_id END AS turn_id,
+                    CASE WHEN m.direction = 'in' THEN m.body ELSE coalesce(r.body, '') END AS body,
+                    CASE WHEN m.direction = 'in' THEN m.status ELSE coalesce(st.status, 'sent')
+                    END AS status
+                FROM {s}.messages m
+                LEFT JOIN {s}.turn_messages tm ON tm.message_id = m.message_id
+                LEFT JOIN {s}.replies r ON r.reply_id = m.reply_id
+                LEFT JOIN st ON st.message_id = m.message_id
+            )
+            UPDATE {s}.messages m SET turn_id = n.turn_id, body = n.body, status = n.status
+            FROM n WHERE m.ctid = n.row
+                AND (m.turn_id, m.body, m.status) IS DISTINCT FROM (n.turn_id, n.body, n.status)
+        """
+        self.derive_sessions = f"""
+            WITH i AS (
+                SELECT session_id, min(created_at) AS started_at, max(created_at) AS last_at
+                FROM {s}.messages WHERE direction = 'in' GROUP BY session_id
+            ), t AS (
+                SELECT session_id, count(*)::int AS turn_count
+                FROM {s}.turns WHERE ready_at IS NOT NULL GROUP BY session_id
+            ), n AS MATERIALIZED (
+                SELECT s.ctid AS row, i.started_at, i.last_at AS last_message_at,
+                    coalesce(t.turn_count, 0) AS turn_count
+                FROM {s}.sessions s
+                LEFT JOIN i ON i.session_id = s.session_id
+                LEFT JOIN t ON t.session_id = s.session_id
+            )
+            UPDATE {s}.sessions s SET started_at = n.started_at,
+                last_message_at = n.last_message_at, turn_count = n.turn_count
+            FROM n WHERE s.ctid = n.row
+                AND (s.started_at, s.last_message_at, s.turn_count)
+                    IS DISTINCT FROM (n.started_at, n.last_message_at, n.turn_count)
+        """
+        self.derive_statuses = f"""
+            WITH h AS (
+                SELECT DISTINCT ON (session_id) session_id, type FROM {s}.handoffs
+                ORDER BY session_id, at DESC, split_part(entry_id, '-', 2)::bigint DESC
+            ), m AS (
+                SELECT s.ctid AS row, s.session_id, s.status, CASE WHEN s.customer <> ''
+                    THEN first_value(s.session_id) OVER (
+                        PARTITION BY s.phone_number_id, s.customer
+                        ORDER BY s.started_at DESC NULLS LAST, s.session_id DESC)
+                    END AS latest
+                FROM {s}.sessions s
+            ), n AS MATERIALIZED (
+                SELECT m.row, m.status AS was, CASE
+                    WHEN m.latest <> m.session_id THEN 'closed'
+                    WHEN h.type = 'requested' THEN 'handoff'
+                    ELSE 'active' END AS status
+                FROM m LEFT JOIN h ON h.session_id = m.session_id
+            )
+            UPDATE {s}.sessions s SET status = n.status
+            FROM n WHERE s.ctid = n.row AND n.was <> n.status
         """
 
 

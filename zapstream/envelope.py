@@ -100,6 +100,15 @@ def decode_fields(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Event:
     return msgspec.convert(values, cls, strict=False)
 
 
+def upcast_fields(name: str, values: Fields) -> Fields:
+    """An entry's text fields (`v` included) of event type `name`, upcast to its current
+    version and `v` removed, as decode_fields reads them; raises UnknownEventError."""
+    cls = EVENT_TYPES.get(name)
+    if cls is None:
+        raise UnknownEventError(f"unknown event type {name!r}")
+    return _upcast(name, values.pop("v", "1"), values, cls.version)
+
+
 def _upcast(name: str, version: str, values: Fields, current: int) -> Fields:
     number = int(version) if version.isdigit() else 0
     while 1 <= number < current and (name, number) in UPCASTERS:
