@@ -1,9 +1,12 @@
-"""A read model rebuilt from the whole log: a fresh target, `Follower(...).catch_up()` timed,
-as a replay does it (projections/replay.py) but into the target itself, with no promotion.
+"""A read model rebuilt from the whole log exactly as `zapstream replay` does it
+(projections/replay.py): a fresh copy beside the live model (sessions: the schema
+`zapstream_rebuild`, bulk mode; analytics: `<file>.rebuild`, no snapshots), the whole log
+followed into it, then promoted (sessions: derived columns computed once and the schemas
+swapped; analytics: the file renamed over the live one). Timed from the first read to the
+end of the promotion.
 
-sessions: the schema `zapstream` in the bench's database, which bench/replay has just created
-afresh (SessionsTarget.drop() is for a replay's copy only); analytics: a new DuckDB file, its
-memory_limit and threads set explicitly.
+DuckDB's memory_limit and threads are those replay gives its copy (analytics.py's defaults),
+printed in the table.
 """
 
 from __future__ import annotations
@@ -13,47 +16,31 @@ import time
 from redis.asyncio import Redis
 
 from projections.analytics import AnalyticsTarget
-from projections.follower import Follower
-from projections.replay import ProgressBar
-from projections.sessions import SessionsTarget
+from projections.replay import replay
 from replay_bench.job import Job, Timed
 from replay_bench.memory import rss_mb
-from replay_bench.streams import entry_counts
+from zapstream.settings import Settings
 from zapstream.topology import Topology
 
-SCHEMA = "zapstream"
 
-
-def fresh_target(job: Job) -> tuple[SessionsTarget | AnalyticsTarget, str]:
-    """The job's target, and its settings as the table shows them."""
+def describe(job: Job) -> str:
     if job.what == "sessions":
         database = job.database_url.rsplit("/", 1)[-1]
-        return SessionsTarget(job.database_url, schema=SCHEMA), f"schema {SCHEMA} in {database}"
-    settings = f"DuckDB memory_limit {job.memory_limit}, threads {job.threads}"
-    target = AnalyticsTarget(job.duckdb_path, memory_limit=job.memory_limit, threads=job.threads)
-    return target, settings
+        return f"replay into schema zapstream_rebuild of {database} (bulk), then promote"
+    config = AnalyticsTarget(f"{job.duckdb_path}.rebuild", rebuild=True).config
+    return (
+        f"replay into a new file (DuckDB memory_limit {config['memory_limit']}, "
+        f"threads {config['threads']}), then promote"
+    )
 
 
 async def rebuild(redis: Redis, topology: Topology, job: Job) -> Timed:
-    """Apply the whole log to a fresh target; the entries applied and the seconds catch_up took."""
-    target, settings = fresh_target(job)
-    await target.start()
-    try:
-        follower = Follower(redis, topology, target, batch=job.batch, mirror=False)  # as replay
-        total = sum((await entry_counts(redis, follower.stream_of)).values())
-        bar = ProgressBar(job.what, total)
-        rss_start = rss_mb()
-        started = time.perf_counter()
-        applied = await follower.catch_up(progress=bar)
-        seconds = time.perf_counter() - started
-        bar.finish()
-    finally:
-        await target.close()
-    if applied != total:
-        raise RuntimeError(f"{job.what}: {applied:,} entries applied of {total:,}")
-    return Timed(
-        events=applied,
-        seconds=seconds,
-        rss_start_mb=rss_start,
-        settings=f"{settings}, batch {job.batch:,}",
+    """Replay the whole log into the job's projection; the entries applied and the seconds."""
+    settings = Settings(
+        redis_url=job.redis_url, database_url=job.database_url, duckdb_path=job.duckdb_path
     )
+    rss_start = rss_mb()
+    started = time.perf_counter()
+    applied = await replay(redis, topology, settings, job.what, progress=True)
+    seconds = time.perf_counter() - started
+    return Timed(events=applied, seconds=seconds, rss_start_mb=rss_start, settings=describe(job))

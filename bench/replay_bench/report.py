@@ -98,9 +98,10 @@ def render_report(
         "- XRANGE: every stream key read to its end, COUNT 1000, nothing decoded (redis-py "
         "asyncio, hiredis where installed); read before and after the rebuilds, the faster is "
         "the peer.",
-        f"- Rebuild: a fresh target and `Follower(redis, topology, target, batch={options.batch}, "
-        "mirror=False).catch_up()`, as `zapstream replay` follows, timed alone (start() and "
-        "its migrations are not).",
+        "- Rebuild: `projections.replay.replay()`, what `zapstream replay` runs: a fresh copy "
+        "(its start() and migrations included), the whole log followed into it, then the "
+        "promotion (sessions: derived columns computed once, schemas swapped; analytics: the "
+        "file renamed into place), all timed.",
         "- Each row is a process of its own (same imports as `zapstream replay`, on its event "
         "loop): peak RSS is its VmHWM (getrusage's ru_maxrss would count the parent's memory at "
         "the fork), RSS at the start its resident set just before the clock started. "
