@@ -1,38 +1,57 @@
-"""A sessions follower process for tests, run until killed.
+"""A projection's follower as a process of its own, for tests that kill it with SIGKILL:
 
-python -m tests.projections.follow_process REDIS_URL DATABASE_URL [BATCH]
+    python -m tests.projections.follow_process sessions|analytics|archive REDIS_URL TARGET BATCH
+
+TARGET is the database URL (sessions), the DuckDB file (analytics, publishing a snapshot every
+50 ms) or the archive folder (archive). It follows the log until SIGTERM, then closes the
+target (analytics publishes a last snapshot).
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
-from projections.follower import Follower
+from projections.analytics import AnalyticsTarget
+from projections.archive import ArchiveTarget
+from projections.follower import Follower, Target
 from projections.sessions import SessionsTarget
 from zapstream.connections import open_redis
 from zapstream.logs import configure_logging
-from zapstream.topology import load_topology
+from zapstream.topology import Topology, load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def follow(redis_url: str, database_url: str, batch: int) -> None:
+def make_target(name: str, where: str, topology: Topology) -> Target:
+    if name == "sessions":
+        return SessionsTarget(where)
+    if name == "analytics":
+        return AnalyticsTarget(where, snapshot_every=0.05)
+    if name == "archive":
+        return ArchiveTarget(where, topology)
+    raise SystemExit(f"unknown projection {name!r}")
+
+
+async def follow(name: str, redis_url: str, where: str, batch: int) -> None:
     topology = load_topology(ROOT / "streams.yaml")
-    target = SessionsTarget(database_url)
-    await target.start()
-    try:
-        async with open_redis(redis_url) as redis:
-            await Follower(redis, topology, target, batch=batch, block_ms=100).run()
-    finally:
-        await target.close()
+    target = make_target(name, where, topology)
+    async with open_redis(redis_url) as redis:
+        follower = Follower(redis, topology, target, batch=batch, block_ms=50)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, follower.stop)
+        try:
+            await target.start()
+            await follower.run()
+        finally:
+            await target.close()
 
 
 def main(argv: list[str]) -> int:
-    redis_url, database_url, *rest = argv
+    name, redis_url, where, batch = argv
     configure_logging("info", json=True)
-    asyncio.run(follow(redis_url, database_url, int(rest[0]) if rest else 2000))
+    asyncio.run(follow(name, redis_url, where, int(batch)))
     return 0
 
 

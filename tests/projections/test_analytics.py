@@ -307,10 +307,10 @@ async def test_a_batch_not_starting_at_the_checkpoint_is_refused(tmp_path: Path)
 
 
 class FollowerProcess:
-    """tests/projections/analytics_process.py, started, killed with SIGKILL, restarted."""
+    """tests/projections/follow_process.py (analytics), started, killed, restarted."""
 
     def __init__(self, redis_url: str, path: Path, logs: Path) -> None:
-        self.argv = [sys.executable, "-m", "tests.projections.analytics_process"]
+        self.argv = [sys.executable, "-m", "tests.projections.follow_process", "analytics"]
         self.argv += [redis_url, str(path), "50"]
         self.logs = logs
         self.process: subprocess.Popen[bytes] | None = None

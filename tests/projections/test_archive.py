@@ -64,7 +64,8 @@ async def test_killed_archive_follower_loses_and_doubles_nothing(
     rng = random.Random(_seed())
     summary = await write_history(redis, seed=rng.randrange(1 << 32))
     directory = tmp_path / "archive"
-    argv = [sys.executable, "-m", "tests.projections.archive_process", redis_url, str(directory)]
+    argv = [sys.executable, "-m", "tests.projections.follow_process", "archive", redis_url]
+    argv.append(str(directory))
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen([*argv, "37"], cwd=ROOT, stdout=subprocess.DEVNULL)

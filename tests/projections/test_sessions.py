@@ -608,7 +608,8 @@ async def test_a_follower_process_killed_mid_batch_applies_each_entry_once(
     target = SessionsTarget(pg)
     await target.start()  # the processes then only find it migrated
     follower = Follower(redis, topology, target)
-    argv = [sys.executable, "-m", "tests.projections.follow_process", redis_url, pg, "40"]
+    argv = [sys.executable, "-m", "tests.projections.follow_process", "sessions", redis_url, pg]
+    argv.append("40")
 
     async def moved_from(before: dict[str, str]) -> bool:
         now = await target.positions()
