@@ -9,8 +9,6 @@ with HANDOFF_WEBHOOK_SECRET, retried like a send; with no URL set, handoffs are 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from pathlib import Path
 
 import httpx
@@ -24,6 +22,7 @@ from processors.send import SendFailed
 from zapstream.events import TYPE_NAMES, HandoffReleased, HandoffRequested
 from zapstream.keys import held_key, session_key, stream_key
 from zapstream.scripts import Script
+from zapstream.signing import sign
 from zapstream.topology import Topology
 
 log = structlog.get_logger()
@@ -42,10 +41,6 @@ class Notice(msgspec.Struct, frozen=True, kw_only=True):
     phone_number_id: str
     customer: str
     entry_id: str  # the event's entry in the log; also the Idempotency-Key header
-
-
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 async def on_handoff(ctx: HandlerContext, delivery: Delivery) -> None:
@@ -69,7 +64,7 @@ async def on_handoff(ctx: HandlerContext, delivery: Delivery) -> None:
     )
     headers = {"Content-Type": "application/json", "Idempotency-Key": delivery.envelope.entry_id}
     if ctx.settings.handoff_webhook_secret:
-        headers[SIGNATURE_HEADER] = sign(ctx.settings.handoff_webhook_secret, body)
+        headers[SIGNATURE_HEADER] = sign(body, ctx.settings.handoff_webhook_secret)
     try:
         response = await ctx.http.post(url, content=body, headers=headers, timeout=TIMEOUT_S)
     except httpx.TransportError as err:  # timeouts included: the receiver dedups by the key

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from ingest.signature import sign
+from zapstream.signing import sign
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "whatsapp"
 SECRET = "test-app-secret"

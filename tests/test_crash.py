@@ -22,7 +22,8 @@ from tests.servers import Webhook
 from tests.waiting import eventually
 from zapstream.envelope import decode_fields
 from zapstream.events import ReplySent, TurnReady
-from zapstream.standin import Answer, GraphStandIn, Received, sign, text_notification
+from zapstream.signing import sign
+from zapstream.standin import Answer, GraphStandIn, Received, text_notification
 from zapstream.topology import Topology
 
 SESSIONS = 300

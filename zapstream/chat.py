@@ -20,7 +20,8 @@ import uvicorn
 
 from zapstream.run import EmbeddedServer, StopOnSignal
 from zapstream.settings import ConfigError, Settings
-from zapstream.standin import GraphStandIn, Received, sign, text_notification
+from zapstream.signing import sign
+from zapstream.standin import GraphStandIn, Received, text_notification
 
 BUSINESS = "100000000000001"  # the business number chat talks to
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import hmac
 import itertools
 import json
 import time
@@ -24,6 +22,8 @@ import httpx
 import structlog
 from starlette.types import Receive, Scope, Send
 
+from zapstream.signing import sign
+
 log = structlog.get_logger()
 
 BUSINESS_DISPLAY = "15550009999"
@@ -33,10 +33,6 @@ WABA_ID = "200000000000002"
 def wire(document: object) -> bytes:
     """Serialise as Meta does: compact JSON, non-ASCII as \\uXXXX escapes."""
     return json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-
-def sign(body: bytes, secret: str) -> str:
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
 def notification(value: dict[str, object], phone_number_id: str) -> bytes:

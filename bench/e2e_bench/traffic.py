@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from zapstream.standin import sign, text_notification
+from zapstream.signing import sign
+from zapstream.standin import text_notification
 
 WEBHOOK_PATH = "/webhook/whatsapp"
 TEXTS = (

@@ -30,7 +30,7 @@ from fastapi.responses import PlainTextResponse
 
 from ingest_peers.serving import add_server_options, serve
 from processors.rules import Rules, load_rules
-from zapstream.standin import sign
+from zapstream.signing import sign
 
 ANSWER_NOTIFICATION = "bench.answer_notification"
 HTTP_TIMEOUT_S = 10.0

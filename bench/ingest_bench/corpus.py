@@ -16,8 +16,8 @@ from pathlib import Path
 
 import msgspec
 
-from ingest.signature import sign
 from ingest_bench.progress import log_progress
+from zapstream.signing import sign
 
 FORMAT_VERSION = 1
 CUSTOMERS = 1000

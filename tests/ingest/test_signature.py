@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.signature import SignatureError, sign, verify_signature
+from ingest.signature import SignatureError, verify_signature
 from tests.notifications import fixture_bytes
+from zapstream.signing import sign
 
 BODY = fixture_bytes("text_burst_2.json")
 

@@ -28,7 +28,8 @@ from zapstream.envelope import decode_fields
 from zapstream.events import Event
 from zapstream.metrics import Metrics
 from zapstream.settings import Settings
-from zapstream.standin import GraphStandIn, lifespan, sign, text_notification
+from zapstream.signing import sign
+from zapstream.standin import GraphStandIn, lifespan, text_notification
 from zapstream.topology import Topology
 
 REPLIES = "zapstream:{p0}:replies"
@@ -102,12 +103,7 @@ class Pipeline:
     async def write(self, customer: str, text: str, *, business: str = BUSINESS) -> str:
         """The customer sends a text now; its wamid."""
         wamid = f"wamid.IN.{customer}.{next(self._ids)}"
-        body = text_notification(business, customer, wamid, text)
-        headers = {"X-Hub-Signature-256": sign(body, SECRET), "Content-Type": "application/json"}
-        response = await self._http.post(
-            self.webhook.url + "/webhook/whatsapp", content=body, headers=headers
-        )
-        assert response.status_code == 200, response.text
+        await self.post(text_notification(business, customer, wamid, text))
         return wamid
 
     async def post(self, body: bytes) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import msgspec
 from redis.asyncio import Redis
 
-from processors.handoff import SIGNATURE_HEADER, held_sessions, release, sign
+from processors.handoff import SIGNATURE_HEADER, held_sessions, release
 from processors.responder import Answer, Prompt
 from tests.notifications import BUSINESS
 from tests.processors.conversations import add
@@ -25,6 +25,7 @@ from zapstream.events import (
     StatusUpdated,
 )
 from zapstream.settings import Settings
+from zapstream.signing import sign
 from zapstream.standin import Answer as Scripted
 from zapstream.standin import GraphStandIn, Received, error, notification, wire
 from zapstream.topology import Topology
@@ -294,7 +295,7 @@ async def test_handoff_signed_webhook_silence_release_and_answers_resume(
     for (headers, body), kind in zip(
         pipe.receiver.received, ["handoff.requested", "handoff.released"], strict=True
     ):
-        assert headers[SIGNATURE_HEADER.lower()] == sign(HANDOFF_SECRET, body)
+        assert headers[SIGNATURE_HEADER.lower()] == sign(body, HANDOFF_SECRET)
         assert decode(body)["type"] == kind and headers["idempotency-key"]
 
 
