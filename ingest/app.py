@@ -87,7 +87,7 @@ def create_app(
 
     routes = [
         Route(WEBHOOK_PATH, verify_subscription, methods=["GET"]),
-        *probe_routes(lambda request: request.state.ingest.redis),
+        *probe_routes(lambda request: request.state.ingest.redis, topology),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.metrics = metrics

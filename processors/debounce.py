@@ -11,6 +11,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from processors.runtime import Delivery, HandlerContext
 from processors.turns import session_ttl
 from zapstream.events import MessageReceived
@@ -26,6 +28,7 @@ from zapstream.scripts import Script
 from zapstream.topology import Topology
 
 DEBOUNCE = Script(Path(__file__).with_name("debounce.lua"))
+log = structlog.get_logger()
 
 # Reactions and system notices are not questions: they neither open nor extend a turn.
 NEVER_OPENS = frozenset({"reaction", "system"})
@@ -63,6 +66,8 @@ async def on_message_received(ctx: HandlerContext, delivery: Delivery) -> None:
         return
     if not event.session_id:
         return  # no session, no conversation to answer
+    # What the customer wrote is theirs: it is logged at debug level only.
+    log.debug("message_buffered", kind=event.kind, data=event.data)
     entry_id = delivery.envelope.entry_id
     partition = partition_for(
         conversation_key(event.phone_number_id, event.customer), ctx.topology.partitions

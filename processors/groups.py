@@ -27,7 +27,6 @@ HANDLERS: dict[str, Handler] = {
 # Periodic work a group does beside its entries, run by each of its consumers.
 TICKS: dict[str, Tick] = {
     "debounce": debounce.close_due_windows,
-    "settle": settle.count_in_doubt,
 }
 
 

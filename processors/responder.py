@@ -18,7 +18,15 @@ from redis.asyncio.client import Pipeline
 from ingest.payload import Message
 from processors.graph import Graph
 from processors.runtime import REDIS_TIMEOUT_S, Delivery, HandlerContext, Retry
-from processors.turns import STATE_FIELDS, Claim, is_held, parse_state, session_ttl, settle_turn
+from processors.turns import (
+    STATE_FIELDS,
+    Claim,
+    Outcome,
+    is_held,
+    parse_state,
+    session_ttl,
+    settle_turn,
+)
 from zapstream.envelope import decode_fields
 from zapstream.events import MessageReceived, TurnReady
 from zapstream.keys import (
@@ -30,6 +38,7 @@ from zapstream.keys import (
     stream_key,
     typing_key,
 )
+from zapstream.metrics import Metrics
 from zapstream.topology import Topology
 
 log = structlog.get_logger()
@@ -130,7 +139,7 @@ async def on_turn_ready(ctx: HandlerContext, delivery: Delivery) -> None:
             answer = await _answer(ctx, turn, messages, stored, context)
         finally:
             await typing
-    oldest = min((int(e.split("-", 1)[0]) for e in entry_ids), default=0)
+    arrivals = [int(e.split("-", 1)[0]) for e in entry_ids]  # entry ids' ms
     claim = Claim(
         group=delivery.group,
         consumer=delivery.consumer,
@@ -141,18 +150,20 @@ async def on_turn_ready(ctx: HandlerContext, delivery: Delivery) -> None:
         body=answer.body,
         tokens=answer.tokens,
         unanswered=entry_ids,
-        oldest_unanswered_ms=oldest,
+        oldest_unanswered_ms=min(arrivals, default=0),
         message_ids=[m.message_id for m in messages],
         phone_number_id=turn.phone_number_id,
         customer=turn.customer,
         context=[*(f"customer: {describe(m)}" for m in messages), f"assistant: {answer.body}"],
         newest_timestamp=newest,
+        received_ms=max(arrivals, default=0),
         handoff=answer.handoff,
         hold=hold,
     )
     outcome = await settle_turn(redis, topology, partition, claim)
     if outcome == "wait":
         raise Retry(ORDER_WAIT_S, reason=f"turn {number} waits for turn {number - 1}")
+    _count_settled(ctx.metrics, outcome, claim, len(turn.message_ids))
     log.info(
         "turn_settled",
         outcome=outcome,
@@ -161,6 +172,20 @@ async def on_turn_ready(ctx: HandlerContext, delivery: Delivery) -> None:
         handoff=answer.handoff,
         hold=hold,
     )
+
+
+def _count_settled(metrics: Metrics, outcome: Outcome, claim: Claim, merged: int) -> None:
+    """Count a turn this consumer settled (a redelivery settled before, or a fenced one, is
+    counted by whoever settled it)."""
+    if outcome not in ("generated", "superseded", "blocked"):
+        return
+    metrics.turn_messages.observe(merged)
+    if outcome == "superseded":
+        metrics.replies_superseded.inc()
+        metrics.superseded_tokens.inc(claim.tokens)
+    elif outcome == "blocked":
+        # turns.lua holds a session a human took over meanwhile even when we did not.
+        metrics.held(claim.hold or "handoff").inc()
 
 
 async def _answer(
@@ -183,6 +208,7 @@ async def _answer(
         context=[item.decode() for item in context],
     )
     answer: Answer = await ctx.responder.answer(prompt)
+    ctx.metrics.ai_tokens.inc(answer.tokens)
     partition = partition_for(
         conversation_key(turn.phone_number_id, turn.customer), topology.partitions
     )

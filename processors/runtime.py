@@ -89,6 +89,12 @@ Tick = Callable[[HandlerContext, str], Awaitable[None]]
 TICK_S = 0.05
 
 
+def _message_ids(event: Any) -> str:
+    """The WhatsApp message(s) an event is about, for the log: its own wamid, or those of the
+    customer's messages a turn or reply answers (comma-separated)."""
+    return str(getattr(event, "message_id", "") or ",".join(getattr(event, "message_ids", ())))
+
+
 class _Entry(msgspec.Struct, kw_only=True):
     key: str
     stream: str
@@ -366,7 +372,7 @@ class GroupRunner:
             group=self.group,
             entry_id=entry.entry_id,
             session_id=event.session_id,
-            message_id=getattr(event, "message_id", ""),
+            message_id=_message_ids(event),
             turn_id=getattr(event, "turn_id", ""),
         )
         await self._run_handler(entry, delivery, slot)

@@ -102,6 +102,14 @@ ACTIONS: dict[int, Action] = {
 }
 
 
+def code_label(code: int | None) -> str:
+    """WhatsApp's error code as a metric label: a code of ACTIONS, `other`, or empty when
+    the answer had none (a bounded set, whatever Meta sends)."""
+    if code is None:
+        return ""
+    return str(code) if code in ACTIONS else "other"
+
+
 def action_for(error: GraphError) -> Action | None:
     """What to do about a refusal; None for an unknown code (dead-lettered)."""
     if error.code is None:
@@ -197,14 +205,7 @@ class Sender:
         reply, redis, topology = self.reply, self.redis, self.topology
         age = time.time() - reply.newest_timestamp
         if reply.newest_timestamp and age >= topology.send.window:
-            await self.finish(
-                ReplyBlocked(
-                    session_id=reply.session_id,
-                    turn_id=reply.turn_id,
-                    reply_id=reply.reply_id,
-                    reason="window_closed",
-                )
-            )
+            await self._blocked()
             log.info("reply_blocked", reason="window_closed", age_s=round(age))
             return
         # One round trip for the checks: settled before? paused? has the customer written
@@ -232,7 +233,7 @@ class Sender:
                 return  # a business outcome was appended
             wamids.append(wamid)
             resent += again
-        await self.finish(
+        appended = await self.finish(
             ReplySent(
                 session_id=reply.session_id,
                 turn_id=reply.turn_id,
@@ -242,6 +243,8 @@ class Sender:
                 resent=resent,
             )
         )
+        if appended and reply.received_ms:
+            self.ctx.metrics.reply_latency.observe(time.time() - reply.received_ms / 1000)
         log.info("reply_sent", parts=len(parts), wamid=wamids[0], resent=resent)
 
     async def _send_part(self, index: int, text: str, quote: str) -> tuple[str, int]:
@@ -283,11 +286,14 @@ class Sender:
             return "", 0
         except httpx.ConnectError as err:  # never reached Meta: nothing was sent
             await SEND.run(self.redis, keys, ["clear", part])
+            self.ctx.metrics.sent("unreachable").inc()
             raise SendFailed(f"Graph API unreachable: {err}") from err
         except httpx.RequestError as err:  # no answer, or one we cannot read
             # Meta may have it: the part stays in doubt until its status or send.doubt.
+            self.ctx.metrics.sent("in_doubt").inc()
             log.warning("part_in_doubt", part=part, error=f"{type(err).__name__}: {err}")
             raise Retry(self.topology.send.doubt, reason=f"part {part} in doubt") from err
+        self.ctx.metrics.sent("sent").inc()
         await SEND.run(
             self.redis,
             keys,
@@ -311,6 +317,7 @@ class Sender:
         """Act on a refusal by its WhatsApp error code; returns only once an outcome is in."""
         action = action_for(error)
         reply = self.reply
+        self.ctx.metrics.sent(action.value if action else "unknown", code_label(error.code)).inc()
         if action is Action.RETRY:
             raise SendFailed(str(error), retry_after=error.retry_after)
         if action is Action.PAIR_LIMIT:
@@ -331,20 +338,25 @@ class Sender:
             log.error("sender_paused", code=error.code, reason=str(error), pause_s=pause)
             raise Retry(pause, reason=f"sending paused: {error}")
         if action is Action.BLOCKED:
-            await self.finish(
-                ReplyBlocked(
-                    session_id=reply.session_id,
-                    turn_id=reply.turn_id,
-                    reply_id=reply.reply_id,
-                    reason="window_closed",
-                )
-            )
+            await self._blocked()
             log.info("reply_blocked", reason="window_closed", code=error.code)
             return
         if action is Action.FAILED:
             await self._failed(error.code or 0, error.title)
             return
         raise Reject(f"unknown WhatsApp error: {error}")
+
+    async def _blocked(self) -> None:
+        """The 24-hour window is closed: reply.blocked, counted once."""
+        reply = self.reply
+        blocked = ReplyBlocked(
+            session_id=reply.session_id,
+            turn_id=reply.turn_id,
+            reply_id=reply.reply_id,
+            reason="window_closed",
+        )
+        if await self.finish(blocked):
+            self.ctx.metrics.held("window_closed").inc()
 
     async def _failed(self, code: int, reason: str) -> None:
         reply = self.reply
@@ -359,12 +371,12 @@ class Sender:
         )
         log.info("reply_failed", code=code, reason=reason)
 
-    async def finish(self, outcome: Event) -> None:
-        """Append the reply's outcome unless one was appended before."""
+    async def finish(self, outcome: Event) -> bool:
+        """Append the reply's outcome unless one was appended before; whether it was now."""
         fields: list[str | int] = [RECORD_TTL_S]
         for name, value in encode_fields(outcome).items():
             fields += [name, value]
-        await OUTCOME.run(
+        entry_id = await OUTCOME.run(
             self.redis,
             [
                 outcome_key(self.topology, self.reply.reply_id, self.partition),
@@ -372,3 +384,4 @@ class Sender:
             ],
             fields,
         )
+        return entry_id is not None

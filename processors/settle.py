@@ -9,8 +9,6 @@ change nothing here (the projections read them from the log).
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 import structlog
 
@@ -29,8 +27,6 @@ from zapstream.keys import (
 log = structlog.get_logger()
 
 DELIVERED = frozenset({"sent", "delivered", "read", "played"})
-# How often a consumer refreshes the in-doubt gauge.
-GAUGE_EVERY_S = 1.0
 
 
 class _StatusError(msgspec.Struct, frozen=True):
@@ -80,18 +76,3 @@ async def on_status(ctx: HandlerContext, delivery: Delivery) -> None:
     if before == b"posting":
         ctx.metrics.parts_settled_by_status.inc()
         log.info("part_settled_by_status", part=part, status=status.status)
-
-
-_last_gauge: dict[int, float] = {}
-
-
-async def count_in_doubt(ctx: HandlerContext, group: str) -> None:
-    """Tick: refresh the in-doubt gauge from every partition's doubt set, once a second."""
-    now = time.monotonic()
-    if now - _last_gauge.get(id(ctx.metrics), 0.0) < GAUGE_EVERY_S:
-        return
-    _last_gauge[id(ctx.metrics)] = now
-    pipe = ctx.redis.pipeline(transaction=False)
-    for partition in range(ctx.topology.partitions):
-        pipe.zcard(doubt_key(ctx.topology, partition))
-    ctx.metrics.replies_in_doubt.set(sum(await pipe.execute()))

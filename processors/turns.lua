@@ -18,7 +18,8 @@
 --       reply id, body, tokens, unanswered entry ids (JSON, this turn's included), oldest
 --       unanswered entry time (ms), message ids (JSON), phone_number_id, customer,
 --       context items to append when sent (JSON list of strings), context length, TTL (s),
---       mode (answer | hold), hold reason, handoff ('1' or '0'), newest message timestamp
+--       mode (answer | hold), hold reason, handoff ('1' or '0'), newest message timestamp,
+--       newest message's arrival (its message.received entry id's ms)
 -- Returns 'generated', 'superseded', 'blocked', 'done' (settled before), 'wait' (turn n-1 is
 -- not settled) or 'fenced'.
 local turns, replies, state, burst, context = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -64,7 +65,7 @@ else
   redis.call('XADD', replies, '*', 'type', 'reply.generated', 'v', '1', 'session_id', session,
              'turn_id', tostring(number), 'reply_id', ARGV[8], 'body', ARGV[9],
              'tokens', ARGV[10], 'message_ids', ARGV[13], 'phone_number_id', ARGV[14],
-             'customer', ARGV[15], 'newest_timestamp', ARGV[22])
+             'customer', ARGV[15], 'newest_timestamp', ARGV[22], 'received_ms', ARGV[23])
   redis.call('HSET', state, 'answered', number, 'unanswered', '[]', 'oldest_unanswered', '')
   if ARGV[21] == '1' then
     redis.call('HSET', state, 'handoff', '1')

@@ -78,6 +78,7 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
     customer: str
     context: list[str]  # items appended to the AI's context when the reply is sent
     newest_timestamp: int = 0  # WhatsApp timestamp of the newest message answered
+    received_ms: int = 0  # when the newest message answered arrived (its entry id's ms)
     handoff: bool = False  # the answer asks for a human: hold the session once it is claimed
     hold: str = ""  # settle as reply.blocked with this reason instead (no answer was made)
 
@@ -116,6 +117,7 @@ async def settle_turn(redis: Redis, topology: Topology, partition: int, claim: C
         claim.hold,
         "1" if claim.handoff else "0",
         claim.newest_timestamp,
+        claim.received_ms,
     ]
     return _OUTCOMES[await TURNS.run(redis, keys, args)]
 

@@ -13,7 +13,7 @@ import structlog
 
 from processors.groups import TICKS, pick_responder, select_handlers
 from projections.replay import FOLLOWED, PROJECTIONS
-from zapstream import chat, operate, run
+from zapstream import chat, dlq, inspect, operate, run
 from zapstream.logs import configure_logging
 from zapstream.settings import ConfigError, load_settings
 from zapstream.topology import load_topology
@@ -91,11 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     give_back = handoff_commands.add_parser("release", help="hand a session back to the AI")
     give_back.add_argument("session_id", metavar="SESSION_ID")
 
-    inspect = commands.add_parser(
-        "inspect", help="streams, groups, pending, dead letters, replies in doubt"
+    looking = commands.add_parser(
+        "inspect",
+        help="streams, groups, consumers, lag, pending, dead letters, trimming, the archive",
     )
-    inspect.add_argument("--json", action="store_true", help="one JSON document")
-    inspect.add_argument("--watch", action="store_true", help="redraw every 2 seconds")
+    looking.add_argument("--json", action="store_true", help="one JSON document")
+    looking.add_argument(
+        "--watch", action="store_true", help="redraw every 2 seconds (--json: a line each time)"
+    )
+
+    _add_dlq(commands)
 
     chat = commands.add_parser(
         "chat", help="talk to a running pipeline as a WhatsApp customer, from the terminal"
@@ -110,6 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="the running server (default http://127.0.0.1:8000)",
     )
     return parser
+
+
+def _add_dlq(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dead = commands.add_parser("dlq", help="dead letters: list, requeue, drop")
+    actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="the dead letters, oldest first")
+    listing.add_argument("--group", metavar="G", help="only this group's")
+    listing.add_argument("--json", action="store_true", help="one JSON document")
+    again = actions.add_parser(
+        "requeue", help="send dead letters back to the group that failed them, once"
+    )
+    again.add_argument("ids", nargs="*", type=dlq.parse_ref, metavar="ID", help="or GROUP/ID")
+    again.add_argument("--all", action="store_true", help="every dead letter (of --group)")
+    again.add_argument("--group", metavar="G", help="only this group's dead letters")
+    gone = actions.add_parser("drop", help="delete dead letters for good")
+    gone.add_argument("ids", nargs="+", type=dlq.parse_ref, metavar="ID", help="or GROUP/ID")
+    gone.add_argument("--group", metavar="G", help="only this group's dead letters")
 
 
 def _add_http_options(parser: argparse.ArgumentParser) -> None:
@@ -156,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "handoff":
             return run.run_command(operate.handoff(settings, topology, args))
         if args.command == "inspect":
-            return run.run_command(operate.inspect(settings, topology, args))
+            return run.run_command(inspect.inspect(settings, topology, args))
+        if args.command == "dlq":
+            return run.run_command(dlq.dlq(settings, topology, args))
         if args.command == "chat":
             settings.require("app_secrets")
             return run.run_command(chat.chat(settings, args.phone, args.url))

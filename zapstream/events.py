@@ -66,6 +66,9 @@ class ReplyGenerated(Event, tag="reply.generated", frozen=True, kw_only=True):
     customer: str = ""
     # WhatsApp timestamp of the newest message answered: the 24-hour window counts from it.
     newest_timestamp: int = 0
+    # When the newest message answered arrived (its message.received entry id, ms): the
+    # sender measures inbound-message-to-reply latency from it. 0 on entries written before.
+    received_ms: int = 0
 
 
 class ReplySent(Event, tag="reply.sent", frozen=True, kw_only=True):
@@ -109,6 +112,28 @@ class HandoffReleased(Event, tag="handoff.released", frozen=True, kw_only=True):
     customer: str = ""
 
 
+class DeadLetterRequeued(Event, tag="deadletter.requeued", frozen=True, kw_only=True):
+    """An operator sent a dead letter back to the group that failed it (`zapstream dlq`)."""
+
+    group: str  # the group that failed it, and the only one that sees it again
+    dead_letter_id: str  # its entry in the group's dead-letter stream (now deleted there)
+    stream: str  # the stream the entry came from
+    entry_id: str  # its id there: pending again for `group`
+    error: str = ""  # why it was dead-lettered
+    code: str = ""  # that error's code (processors/deadletter.py error_code)
+
+
+class DeadLetterDropped(Event, tag="deadletter.dropped", frozen=True, kw_only=True):
+    """An operator deleted a dead letter for good (`zapstream dlq drop`)."""
+
+    group: str
+    dead_letter_id: str
+    stream: str
+    entry_id: str
+    error: str = ""
+    code: str = ""
+
+
 EVENT_CLASSES: tuple[type[Event], ...] = (
     MessageReceived,
     MessageRejected,
@@ -121,6 +146,8 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     ReplySuperseded,
     HandoffRequested,
     HandoffReleased,
+    DeadLetterRequeued,
+    DeadLetterDropped,
 )
 
 

@@ -143,7 +143,7 @@ async def project(
         _followers(redis, topology, settings, names) as followers,
     ):
         checks = [_answers(follower.target) for follower in followers]
-        app = Starlette(routes=probe_routes(lambda request: redis, checks))
+        app = Starlette(routes=probe_routes(lambda request: redis, topology, checks))
         app.state.metrics = metrics
         probes = (
             EmbeddedServer(
@@ -315,7 +315,7 @@ async def serve(settings: Settings, topology: Topology, host: str, port: int) ->
 
 
 def _probe_server(ctx: HandlerContext, port: int) -> uvicorn.Server:
-    app = Starlette(routes=probe_routes(lambda request: ctx.redis))
+    app = Starlette(routes=probe_routes(lambda request: ctx.redis, ctx.topology))
     app.state.metrics = ctx.metrics
     config = uvicorn.Config(app, host="0.0.0.0", port=port, log_config=None, access_log=False)
     return EmbeddedServer(config)

@@ -8,6 +8,8 @@ import pytest
 from zapstream.envelope import UnknownEventError, decode_fields, encode_fields
 from zapstream.events import (
     EVENT_TYPES,
+    DeadLetterDropped,
+    DeadLetterRequeued,
     Event,
     HandoffReleased,
     HandoffRequested,
@@ -52,6 +54,18 @@ SAMPLES: list[Event] = [
     ReplySuperseded(session_id="s-1", turn_id="t1", reply_id="r1"),
     HandoffRequested(session_id="s-1", turn_id="t1"),
     HandoffReleased(session_id="s-1"),
+    DeadLetterRequeued(
+        session_id="s-1",
+        group="send",
+        dead_letter_id="1767261600000-0",
+        stream="replies",
+        entry_id="1767261500000-0",
+        error="rejected: unknown WhatsApp error: WhatsApp error 131999 (HTTP 400): odd",
+        code="whatsapp:131999",
+    ),
+    DeadLetterDropped(
+        group="debounce", dead_letter_id="2-0", stream="messages", entry_id="1-0", code="x"
+    ),
 ]
 
 
