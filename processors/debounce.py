@@ -8,6 +8,7 @@ can close a due window, two racing workers emit one turn.ready, and a crash lose
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +93,12 @@ async def on_message_received(ctx: HandlerContext, delivery: Delivery) -> None:
     await DEBOUNCE.run(ctx.redis, keys, args)
 
 
-async def close_due_windows(ctx: HandlerContext, group: str) -> None:
-    """Close the turns that are due, in every partition (any worker may; each closes once)."""
+async def close_due_windows(ctx: HandlerContext, group: str, partitions: Sequence[int]) -> None:
+    """Close the turns that are due in these partitions (any worker may; each closes once)."""
     redis = ctx.redis
     seconds, micros = await redis.time()
     now_ms = seconds * 1000 + micros // 1000
-    for partition in range(ctx.topology.partitions):
+    for partition in partitions:
         sessions: list[Any] = await redis.zrangebyscore(
             due_key(ctx.topology, partition), "-inf", now_ms, start=0, num=CLOSE_PER_TICK
         )

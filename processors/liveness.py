@@ -1,7 +1,7 @@
 """Liveness, specified once: a consumer is alive while its heartbeat key exists.
 
-Each consumer refreshes `alive:<group>:<consumer>` in every partition with an expiry of the
-group's `idle` time. Entries pending for a consumer whose heartbeat expired are taken over
+Each consumer refreshes `alive:<group>:<consumer>` in the partitions it reads, with an expiry
+of the group's `idle` time. Entries pending for a consumer whose heartbeat expired are taken over
 (XCLAIM, so two reclaimers never both get one); entries of a live consumer are never taken,
 however long its handler runs. A consumer that was presumed dead and wakes up is fenced: its
 ack and failure scripts check ownership in the same step (ack.lua, fail.lua). A dead consumer
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,16 @@ def reclaim_interval(spec: GroupSpec) -> float:
 
 
 async def beat(
-    redis: Redis, topology: Topology, group: str, consumer: str, spec: GroupSpec
+    redis: Redis,
+    topology: Topology,
+    group: str,
+    consumer: str,
+    spec: GroupSpec,
+    partitions: Sequence[int],
 ) -> None:
-    """Refresh the consumer's heartbeat in every partition."""
+    """Refresh the consumer's heartbeat in the partitions it reads."""
     pipe = redis.pipeline(transaction=False)
-    for partition in range(topology.partitions):
+    for partition in partitions:
         pipe.set(
             alive_key(topology, group, consumer, partition),
             consumer,
@@ -65,10 +71,12 @@ async def beat(
     await pipe.execute()
 
 
-async def release(redis: Redis, topology: Topology, group: str, consumer: str) -> None:
+async def release(
+    redis: Redis, topology: Topology, group: str, consumer: str, partitions: Sequence[int]
+) -> None:
     """Drop the heartbeat at a clean stop, so others take what is left without waiting."""
-    keys = [alive_key(topology, group, consumer, p) for p in range(topology.partitions)]
-    await redis.delete(*keys)
+    for partition in partitions:  # one key a call: on a cluster each may live elsewhere
+        await redis.delete(alive_key(topology, group, consumer, partition))
 
 
 async def reclaim(

@@ -20,7 +20,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 from processors import liveness
 from processors.deadletter import backoff_delay, record_failure
 from zapstream.envelope import Envelope, decode_entry
-from zapstream.keys import failures_key, partition_of, stream_keys
+from zapstream.keys import failures_key, partition_of, stream_key
 from zapstream.metrics import Metrics
 from zapstream.scripts import Script
 from zapstream.settings import Settings
@@ -84,8 +84,9 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Handler = Callable[[HandlerContext, Delivery], Coroutine[Any, Any, None]]
-# A group's periodic work beside its entries (debounce closes due windows), given the group.
-Tick = Callable[[HandlerContext, str], Awaitable[None]]
+# A group's periodic work beside its entries (debounce closes due windows), given the group
+# and the partitions the runner serves.
+Tick = Callable[[HandlerContext, str, Sequence[int]], Awaitable[None]]
 TICK_S = 0.05
 
 
@@ -116,7 +117,13 @@ class _Slot:
 
 
 class GroupRunner:
-    """One consumer of one group in this process: read, dispatch, settle, stop cleanly."""
+    """One consumer of one group in this process: read, dispatch, settle, stop cleanly.
+
+    It serves the group's streams in `partitions` (default: all). `zapstream work` starts one
+    runner per partition, so that every read names keys of one hash tag, as Redis Cluster
+    requires; a runner over several partitions reads them all in one XREADGROUP, which a
+    single Redis allows.
+    """
 
     def __init__(
         self,
@@ -126,6 +133,7 @@ class GroupRunner:
         *,
         tick: Tick | None = None,
         consumer: str | None = None,
+        partitions: Sequence[int] | None = None,
     ) -> None:
         self.ctx = ctx
         self.group = group
@@ -133,7 +141,10 @@ class GroupRunner:
         self.handler = handler
         self.tick = tick
         self.consumer = consumer or liveness.consumer_name()
-        self._keys = {s: stream_keys(ctx.topology, s) for s in self.spec.streams}
+        self.partitions = list(range(ctx.topology.partitions) if partitions is None else partitions)
+        self._keys = {
+            s: [stream_key(ctx.topology, s, p) for p in self.partitions] for s in self.spec.streams
+        }
         self._stream_of = {k: s for s, keys in self._keys.items() for k in keys}
         # Read and waiting for a worker; None tells an idle worker to stop.
         self._ready: asyncio.Queue[_Entry | None] = asyncio.Queue()
@@ -171,7 +182,7 @@ class GroupRunner:
     async def _serve(self, *, until_idle: bool, deadline: float | None) -> None:
         self._loop_ref = asyncio.get_running_loop()
         await self._create_groups()
-        await liveness.beat(self.ctx.redis, self.ctx.topology, self.group, self.consumer, self.spec)
+        await self._beat()
         background = [
             asyncio.create_task(self._heartbeat(), name=f"{self.group}-heartbeat"),
             asyncio.create_task(self._reclaim_loop(), name=f"{self.group}-reclaim"),
@@ -531,12 +542,15 @@ class GroupRunner:
                 log.warning("lease_lost", silent_for=round(now - last, 2), dropped=len(dropped))
             try:
                 async with asyncio.timeout(REDIS_TIMEOUT_S):
-                    await liveness.beat(
-                        self.ctx.redis, self.ctx.topology, self.group, self.consumer, self.spec
-                    )
+                    await self._beat()
                 last = time.monotonic()
             except Exception as err:  # keep beating: a Redis outage must not kill the loop
                 log.warning("heartbeat_failed", error=f"{type(err).__name__}: {err}")
+
+    async def _beat(self) -> None:
+        await liveness.beat(
+            self.ctx.redis, self.ctx.topology, self.group, self.consumer, self.spec, self.partitions
+        )
 
     async def _ticker(self) -> None:
         assert self.tick is not None
@@ -544,7 +558,7 @@ class GroupRunner:
             await asyncio.sleep(TICK_S)
             try:
                 async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
-                    await self.tick(self.ctx, self.group)
+                    await self.tick(self.ctx, self.group, self.partitions)
             except Exception as err:  # a failed tick is tried again at the next one
                 log.warning("tick_failed", group=self.group, error=f"{type(err).__name__}: {err}")
 
@@ -632,7 +646,9 @@ class GroupRunner:
         keys = [k for keys in self._keys.values() for k in keys]
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_S):
-                await liveness.release(self.ctx.redis, self.ctx.topology, self.group, self.consumer)
+                await liveness.release(
+                    self.ctx.redis, self.ctx.topology, self.group, self.consumer, self.partitions
+                )
                 for key in keys:
                     await liveness.forget(
                         self.ctx.redis, self.ctx.topology, self.group, self.consumer, key

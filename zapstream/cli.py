@@ -15,8 +15,9 @@ from processors.groups import TICKS, pick_responder, select_handlers
 from projections.replay import FOLLOWED, PROJECTIONS
 from zapstream import chat, dlq, inspect, operate, run
 from zapstream.logs import configure_logging
-from zapstream.settings import ConfigError, load_settings
-from zapstream.topology import load_topology
+from zapstream.partitions import check_partitions
+from zapstream.settings import ConfigError, Settings, load_settings
+from zapstream.topology import Topology, load_topology
 
 log = structlog.get_logger()
 
@@ -147,10 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         topology = load_topology(settings.config_path)
         if args.command == "serve":
             settings.require("app_secrets", "verify_token")
+            _check_partitions(settings, topology)
             return run.run_command(run.serve(settings, topology, args.host, args.port))
         if args.command == "run":
             settings.require("app_secrets", "verify_token", "access_token")
             handlers = select_handlers(topology, [])
+            _check_partitions(settings, topology)
             return run.run_command(
                 run.run_all(
                     settings,
@@ -165,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "project":
             names = args.projection or list(FOLLOWED)
+            _check_partitions(settings, topology)
             return run.run_command(
                 run.project(settings, topology, names, metrics_port=args.metrics_port)
             )
@@ -172,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             refused = operate.confirm_replay(args)
             if refused is not None:
                 return refused
+            _check_partitions(settings, topology)
             return run.run_command(operate.replay(settings, topology, args))
         if args.command == "report":
             return operate.report(settings, args)
@@ -188,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             handlers = select_handlers(topology, args.group)
             if "send" in handlers:
                 settings.require("access_token")
+            _check_partitions(settings, topology)
             return run.run_command(
                 run.work(
                     settings,
@@ -204,6 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _check_partitions(settings: Settings, topology: Topology) -> None:
+    """The commands that write or follow the log refuse a partition count it was not written
+    with (partitions.py)."""
+    run.run_command(check_partitions(settings, topology))
 
 
 if __name__ == "__main__":

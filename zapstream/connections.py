@@ -5,17 +5,42 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 
 # Every Redis call is bounded: connecting, each socket read, and waiting for a pooled connection.
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
+CLUSTER_MAX_CONNECTIONS = 1000  # per node
 
 
 @asynccontextmanager
 async def open_redis(url: str, *, max_connections: int = 64) -> AsyncIterator[Redis]:
-    """A Redis client on `url` (bytes in, bytes out); closed with its pool on exit."""
+    """A Redis client on `url` (bytes in, bytes out); closed with its pool on exit.
+
+    When `url` names a node of a Redis Cluster, the client is a RedisCluster that finds the
+    other nodes and routes each command by its key's slot. It offers the commands zapstream
+    uses under the same names, so it is handed on typed as Redis: everything zapstream sends
+    in one command or script stays within one hash tag (keys.py), as a cluster requires.
+    """
+    if await _is_cluster(url):
+        cluster = RedisCluster.from_url(
+            url,
+            # A cluster client opens connections per node and refuses past the limit instead
+            # of waiting, so its limit is a ceiling, not a pool size.
+            max_connections=max(max_connections, CLUSTER_MAX_CONNECTIONS),
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            socket_keepalive=True,
+        )
+        try:
+            await cluster.initialize()
+            yield cast(Redis, cluster)
+        finally:
+            await cluster.aclose()
+        return
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -30,6 +55,34 @@ async def open_redis(url: str, *, max_connections: int = 64) -> AsyncIterator[Re
     finally:
         await client.aclose()
         await pool.aclose()
+
+
+def is_cluster(redis: Redis) -> bool:
+    """Whether `redis` (from open_redis) is a Redis Cluster client."""
+    return isinstance(redis, RedisCluster)
+
+
+async def memory(redis: Redis) -> tuple[int, int]:
+    """Bytes used and the limit (0: none), of INFO memory; summed over a cluster's primaries."""
+    if not is_cluster(redis):
+        info: dict[str, Any] = await redis.info("memory")
+        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+    by_node: dict[str, Any] = await redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+    used = sum(int(node.get("used_memory", 0)) for node in by_node.values())
+    limit = sum(int(node.get("maxmemory", 0)) for node in by_node.values())
+    return used, limit
+
+
+async def _is_cluster(url: str) -> bool:
+    """Ask the node itself (INFO cluster): no setting to get wrong."""
+    probe = Redis.from_url(
+        url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S, socket_timeout=REDIS_SOCKET_TIMEOUT_S
+    )
+    try:
+        info = await probe.info("cluster")
+    finally:
+        await probe.aclose()
+    return bool(info.get("cluster_enabled"))
 
 
 async def ping_redis(redis: Redis, timeout: float = 2.0) -> str | None:

@@ -22,7 +22,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import structlog
@@ -47,10 +47,12 @@ except ImportError:  # uvicorn[standard] brings it where it builds (not on Windo
     uvloop = None  # type: ignore[assignment]
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 HTTP_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 2.0
 RUN_BATCH = 500  # entries per stream key per batch for the followers of `zapstream run`
+BASE_CONNECTIONS = 64
 
 
 async def work(
@@ -65,7 +67,7 @@ async def work(
 ) -> int:
     """Run one runner per group until a signal; 0 after a clean stop."""
     metrics = metrics or Metrics()
-    async with _handler_context(settings, topology, metrics, responder) as ctx:
+    async with _handler_context(settings, topology, metrics, responder, len(handlers)) as ctx:
         runners = _runners(ctx, handlers, ticks)
         probes = _probe_server(ctx, metrics_port) if metrics_port else None
 
@@ -100,7 +102,7 @@ async def run_all(
     metrics = Metrics()
     server = _webhook_server(settings, topology, metrics, host, port)
     async with (
-        _handler_context(settings, topology, metrics, responder) as ctx,
+        _handler_context(settings, topology, metrics, responder, len(handlers)) as ctx,
         # Smaller batches than `project`: each batch's reading and row building are steps of
         # the event loop that also serves the webhook.
         _followers(ctx.redis, topology, settings, projections, RUN_BATCH) as followers,
@@ -217,11 +219,11 @@ async def _followers(
 
 @contextlib.asynccontextmanager
 async def _handler_context(
-    settings: Settings, topology: Topology, metrics: Metrics, responder: Any
+    settings: Settings, topology: Topology, metrics: Metrics, responder: Any, groups: int
 ) -> AsyncIterator[HandlerContext]:
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
     async with (
-        open_redis(settings.redis_url) as redis,
+        open_redis(settings.redis_url, max_connections=_connections(topology, groups)) as redis,
         httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, limits=limits) as http,
     ):
         try:
@@ -242,13 +244,22 @@ async def _handler_context(
 def _runners(
     ctx: HandlerContext, handlers: Mapping[str, Handler], ticks: Mapping[str, Tick] | None
 ) -> list[GroupRunner]:
+    """One runner per group and partition: each reads keys of one hash tag (Redis Cluster)."""
     ticks = ticks or {}
     return [
-        GroupRunner(ctx, name, handler, tick=ticks.get(name)) for name, handler in handlers.items()
+        GroupRunner(ctx, name, handler, tick=ticks.get(name), partitions=[partition])
+        for name, handler in handlers.items()
+        for partition in range(ctx.topology.partitions)
     ]
 
 
-def run_command(main: Coroutine[Any, Any, int]) -> int:
+def _connections(topology: Topology, groups: int) -> int:
+    """Redis connections for a process: each runner's blocking read holds one for its whole
+    `block` time, beside what the handlers use."""
+    return BASE_CONNECTIONS + 2 * groups * topology.partitions
+
+
+def run_command(main: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine on uvloop where it is installed (as uvicorn.run would)."""
     if uvloop is None:
         return asyncio.run(main)

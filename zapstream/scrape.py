@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
+from zapstream.connections import memory
 from zapstream.groupstats import GroupStats, group_stats, text
 from zapstream.keys import dead_letter_key, doubt_key, paused_key, projections_key, stream_keys
 from zapstream.topology import Topology
@@ -46,11 +47,14 @@ async def read_figures(redis: Redis, topology: Topology) -> Figures:
     """The figures as Redis has them now; raises what Redis raised, or TimeoutError."""
     keys = [key for stream in topology.streams for key in stream_keys(topology, stream)]
     async with asyncio.timeout(SCRAPE_TIMEOUT_S):
-        plain, *per_key = await asyncio.gather(
+        plain, used, *per_key = await asyncio.gather(
             _read_plain(redis, topology, keys),
+            memory(redis),  # not pipelined: a cluster pipeline refuses INFO
             *(group_stats(redis, key) for key in keys),
         )
-    return _figures(topology, keys, plain, [g for found in per_key for g in found.values()])
+    return _figures(
+        topology, keys, [*plain, used], [g for found in per_key for g in found.values()]
+    )
 
 
 async def _read_plain(redis: Redis, topology: Topology, keys: list[str]) -> list[Any]:
@@ -62,7 +66,6 @@ async def _read_plain(redis: Redis, topology: Topology, keys: list[str]) -> list
     for partition in partitions:
         pipe.zcard(doubt_key(topology, partition))
     pipe.exists(paused_key(topology))
-    pipe.info("memory")
     pipe.hgetall(projections_key(topology))
     for key in keys:
         pipe.xrange(key, count=1)
@@ -82,17 +85,17 @@ def _figures(
     }
     in_doubt = sum(int(next(answers)) for _ in range(topology.partitions))
     paused = bool(next(answers))
-    memory: dict[str, Any] = next(answers)
     mirrors = {text(field): text(value) for field, value in next(answers).items()}
     extents = {key: (_first_id(next(answers)), _first_id(next(answers))) for key in keys}
+    memory_used, maxmemory = next(answers)
     projections, lags = _projection_lags(topology, mirrors, extents)
     return Figures(
         groups=groups,
         dead_letters=dead,
         in_doubt=in_doubt,
         paused=paused,
-        memory_used=int(memory.get("used_memory", 0)),
-        maxmemory=int(memory.get("maxmemory", 0)),
+        memory_used=memory_used,
+        maxmemory=maxmemory,
         projections=projections,
         projection_lags=lags,
     )

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from redis.asyncio import Redis
 
 from tests.notifications import SECRET, fixture_bytes, signed_headers
 from tests.servers import free_port
+from zapstream.partitions import check_partitions
+from zapstream.settings import Settings
+from zapstream.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,3 +127,30 @@ def test_work_with_a_group_that_has_no_handler_exits_1(tmp_path: Path) -> None:
     result = zapstream("work", env={"ZAPSTREAM_CONFIG": str(config)}, cwd=tmp_path)
     assert result.returncode == 1
     assert "group 'mine' in streams.yaml has no handler" in result.stderr
+
+
+async def test_a_log_refuses_another_partition_count(
+    redis: Redis, redis_url: str, tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    one = load_topology(ROOT / "streams.yaml")
+    await check_partitions(make_settings(), one)  # the first start records the count
+    assert await redis.hget("zapstream:layout", "partitions") == b"1"
+    await check_partitions(make_settings(), one)  # the same count starts
+
+    config = tmp_path / "streams.yaml"
+    config.write_text(
+        (ROOT / "streams.yaml").read_text().replace("partitions: 1 ", "partitions: 4 ")
+    )
+    env = {
+        "REDIS_URL": redis_url,
+        "ZAPSTREAM_CONFIG": str(config),
+        "WHATSAPP_APP_SECRET": SECRET,
+        "WHATSAPP_VERIFY_TOKEN": "token",
+    }
+    result = await asyncio.to_thread(zapstream, "serve", "--port", str(free_port()), env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"zapstream: {config}: partitions is 4, but the log at REDIS_URL was written with 1: "
+        'changing the count of a live log is refused (README "Scaling out": use a new prefix)'
+    )
+    assert await redis.hget("zapstream:layout", "partitions") == b"1"
