@@ -37,6 +37,7 @@ bench: services
 	$(BIN)/python bench/e2e
 	$(BIN)/python bench/replay
 	$(BIN)/python bench/follow
+	$(BIN)/python bench/scale
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

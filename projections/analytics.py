@@ -14,17 +14,17 @@ publication is slow, and at close) the target publishes a snapshot of the whole 
 `<path>.snapshot` (analytics_files.py). A reader (`open_snapshot`, report.py) opens that
 read-only and keeps the copy it opened, whatever is published later.
 
-Promotion (replay). A replay fills a fresh file with its own AnalyticsTarget (`rebuild=True`: it
-publishes no snapshot, nobody reads it yet; 5,000 entries a batch), then calls
-`promote(live_path)`. Whoever writes the live file holds an flock on `<live_path>.lock` for
-as long as it has the file open. `promote` closes the rebuilt file and writes the marker
-`<live_path>.next` naming it. A live target checks for the marker at every `positions`,
-`apply`, and twice a second while idle; finding it, it closes the live file, renames the
-rebuilt file over it, reopens, publishes a snapshot, removes the marker, and (from `apply`)
-raises Moved so that its follower reloads the positions of the rebuilt file (after an idle
-switch, the follower's next batch no longer starts at the checkpoint: Moved again). When
-nobody holds the lock, `promote` does the same itself. `promote` returns once the marker is
-gone.
+Promotion (replay). A replay fills a fresh file with its own AnalyticsTarget (`rebuild=True`:
+it publishes no snapshot, nobody reads it yet; it takes XRANGE's replies as they are and
+DuckDB parses them, analytics_bulk.py), then calls `promote(live_path)`. Whoever writes the
+live file holds an flock on `<live_path>.lock` for as long as it has the file open.
+`promote` closes the rebuilt file and writes the marker `<live_path>.next` naming it. A live
+target checks for the marker at every `positions`, `apply`, and twice a second while idle;
+finding it, it closes the live file, renames the rebuilt file over it, reopens, publishes a
+snapshot, removes the marker, and (from `apply`) raises Moved so that its follower reloads
+the positions of the rebuilt file (after an idle switch, the follower's next batch no longer
+starts at the checkpoint: Moved again). When nobody holds the lock, `promote` does the same
+itself. `promote` returns once the marker is gone.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from typing import IO, Any, ClassVar, TypeVar
 import duckdb
 import structlog
 
+from projections.analytics_bulk import join_chunk, land, rejected
 from projections.analytics_files import (
     Config,
     hold_writer_lock,
@@ -55,7 +56,7 @@ from projections.analytics_files import (
 )
 from projections.analytics_rows import entry_order, event_row, fast_row, row_encoder
 from projections.analytics_sql import DERIVED, EVENT_COLUMNS, INSERT_EVENTS, TABLES, VIEWS
-from projections.follower import START, Failure, Item, Moved, decode
+from projections.follower import START, Failure, Item, Moved, RawChunk, decode, entry_fields
 
 log = structlog.get_logger()
 
@@ -65,6 +66,7 @@ SNAPSHOT_EVERY_S = 5.0
 # Entries per read and transaction for a replay's copy (`rebuild=True`): fewer commits;
 # 1M events rebuilt: 5,000 as fast as 10,000 or 20,000, peak RSS 318 MB (359, 485).
 REBUILD_BATCH = 5_000
+REBUILD_RAW_BATCH = 20_000  # entries per XRANGE and transaction, loaded in bulk
 WATCH_S = 0.5  # how often an idle target looks for a promoted file and a due snapshot
 PROMOTE_TIMEOUT_S = 60.0
 # A snapshot copies the whole model: never spend more than about a fifth of the time on it.
@@ -91,7 +93,16 @@ class AnalyticsTarget:
     """The analytics read model in the DuckDB file at `path`, this process its one writer."""
 
     name: ClassVar[str] = "analytics"
-    streams: ClassVar[tuple[str, ...]] = ("messages", "statuses", "turns", "replies", "handoffs")
+    # `operations` too: its events land in `events`, read by no view, and its checkpoint
+    # lets trimming pass.
+    streams: ClassVar[tuple[str, ...]] = (
+        "messages",
+        "statuses",
+        "turns",
+        "replies",
+        "handoffs",
+        "operations",
+    )
 
     def __init__(
         self,
@@ -110,6 +121,7 @@ class AnalyticsTarget:
         self.snapshot_every = math.inf if rebuild else snapshot_every
         if rebuild:
             self.batch = REBUILD_BATCH  # read by Follower
+            self.raw_batch = REBUILD_RAW_BATCH  # Follower loads XRANGE replies in bulk
         # One DuckDB connection, used by one worker thread at a time. A threading lock, not an
         # asyncio one: a call cancelled on the loop side goes on in its thread.
         self._lock = threading.Lock()
@@ -149,6 +161,10 @@ class AnalyticsTarget:
     ) -> None:
         await self._run(self._apply, items, start, end, failures)
         self._watch()
+
+    async def apply_raw(self, chunk: RawChunk, start: dict[str, str], end: dict[str, str]) -> None:
+        """apply() for a replay's copy, from XRANGE's reply (analytics_bulk.py)."""
+        await self._run(self._apply_raw, chunk, start, end)
 
     @staticmethod
     def decode_entry(key: str, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> Item:
@@ -287,20 +303,26 @@ class AnalyticsTarget:
         end: dict[str, str],
         failures: Sequence[Failure],
     ) -> None:
+        lines, errors = _rows(items, failures)
+        self._transaction(start, end, lambda con: _land(con, lines, errors))
+
+    def _apply_raw(self, chunk: RawChunk, start: dict[str, str], end: dict[str, str]) -> None:
+        joined, types = join_chunk(chunk.entries)  # ValueError: the follower applies Items
+        self._transaction(start, end, lambda con: _land_raw(con, chunk, joined, types))
+
+    def _transaction(
+        self,
+        start: dict[str, str],
+        end: dict[str, str],
+        land: Callable[[duckdb.DuckDBPyConnection], None],
+    ) -> None:
+        """In one transaction: check the checkpoint is at `start` (else Moved), land the rows,
+        and move the checkpoint to `end`."""
         if self._handover():
             raise Moved(f"{self.path} was replaced by a rebuilt file")
         for key, entry_id in end.items():
             if entry_order(entry_id) < entry_order(start.get(key, START)):
                 raise ValueError(f"the checkpoint of {key} would move back to {entry_id}")
-        lines = []
-        errors = [(f.key, f.entry_id, f.reason) for f in failures]
-        for item in items:
-            if item.data is not None:
-                lines.append(item.data)
-            elif item.event is None:
-                errors.append((item.key, item.entry_id, item.error))
-            else:
-                lines.append(row_encoder.encode(event_row(item)).decode())
         con = self._open()
         con.execute("BEGIN TRANSACTION")
         try:
@@ -308,14 +330,7 @@ class AnalyticsTarget:
             elsewhere = {k: v for k, v in start.items() if stored.get(k, START) != v}
             if elsewhere:
                 raise Moved(f"checkpoint is not where the batch starts: {elsewhere}")
-            if lines:
-                con.execute(INSERT_EVENTS, [lines])
-            if errors:
-                con.execute(
-                    "INSERT INTO projection_errors SELECT unnest($1::VARCHAR[]), "
-                    "unnest($2::VARCHAR[]), unnest($3::VARCHAR[])",
-                    [list(column) for column in zip(*errors, strict=True)],
-                )
+            land(con)
             for key, entry_id in end.items():
                 if key not in stored:
                     con.execute("INSERT INTO checkpoint VALUES (?, ?)", [key, entry_id])
@@ -348,7 +363,7 @@ class AnalyticsTarget:
 
     def _publish(self) -> None:
         began = time.monotonic()
-        write_snapshot(self._open(), self.path)
+        write_snapshot(self._open(), self.path, self.config)
         self._published = time.monotonic()
         self._publish_cost = self._published - began
         self._dirty = False
@@ -415,3 +430,45 @@ class AnalyticsTarget:
             lock_path(self.path),
         ):
             path.unlink(missing_ok=True)
+
+
+def _rows(items: Sequence[Item], failures: Sequence[Failure]) -> tuple[list[str], list[Any]]:
+    """The `events` rows of decoded entries as JSON lines, and the projection_errors rows."""
+    lines = []
+    errors = [(f.key, f.entry_id, f.reason) for f in failures]
+    for item in items:
+        if item.data is not None:
+            lines.append(item.data)
+        elif item.event is None:
+            errors.append((item.key, item.entry_id, item.error))
+        else:
+            lines.append(row_encoder.encode(event_row(item)).decode())
+    return lines, errors
+
+
+def _land(con: duckdb.DuckDBPyConnection, lines: list[str], errors: list[Any]) -> None:
+    if lines:
+        con.execute(INSERT_EVENTS, [lines])
+    if errors:
+        con.execute(
+            "INSERT INTO projection_errors SELECT unnest($1::VARCHAR[]), "
+            "unnest($2::VARCHAR[]), unnest($3::VARCHAR[])",
+            [list(column) for column in zip(*errors, strict=True)],
+        )
+
+
+def _land_raw(
+    con: duckdb.DuckDBPyConnection, chunk: RawChunk, joined: list[str], types: frozenset[str]
+) -> None:
+    """A chunk parsed and landed set-based, and the entries set-based reading leaves
+    (analytics_bulk.rejected) read one by one, as every entry is outside a replay."""
+    found = con.execute(land(types), [*joined, chunk.key, chunk.stream]).fetchone()
+    if found is not None and found[0] == len(chunk.entries):
+        return
+    left = {entry_id for (entry_id,) in con.execute(rejected(types), joined).fetchall()}
+    items = [
+        AnalyticsTarget.decode_entry(chunk.key, chunk.stream, entry_id, entry_fields(flat))
+        for raw_id, flat in chunk.entries
+        if (entry_id := raw_id.decode()) in left
+    ]
+    _land(con, *_rows(items, ()))

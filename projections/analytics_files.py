@@ -1,9 +1,9 @@
 """The files of an analytics model beside its DuckDB file: snapshot, lock, promotion marker.
 
 Readers. DuckDB lets one process hold a file for writing and no other open it meanwhile, so
-readers never open the live file: the writer copies `events`, `checkpoint`,
-`projection_errors` and every derived relation (materialized) into `<path>.snapshot.tmp`
-and renames it over `<path>.snapshot` (`write_snapshot`); readers open that read-only.
+readers never open the live file: the writer copies the file (after a checkpoint) to
+`<path>.snapshot.tmp`, materializes every derived relation in the copy, and renames it over
+`<path>.snapshot` (`write_snapshot`); readers open that read-only.
 
 Writer and promotion. Whoever writes a file holds an flock on `<path>.lock` for as long as it
 has the file open (`hold_writer_lock`). A replay's rebuilt file is handed over by writing
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from pathlib import Path
 from typing import IO
 
 import duckdb
 import structlog
 
-from projections.analytics_sql import SNAPSHOT_TABLES, VIEWS
+from projections.analytics_sql import DERIVED, VIEWS
 
 log = structlog.get_logger()
 
@@ -67,24 +68,28 @@ def hold_writer_lock(path: Path) -> IO[str]:
     return lock
 
 
-def write_snapshot(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """Copy the model into `<path>.snapshot.tmp`, then rename it over `<path>.snapshot`."""
+def write_snapshot(con: duckdb.DuckDBPyConnection, path: Path, config: Config) -> None:
+    """Copy the model into `<path>.snapshot.tmp`, then rename it over `<path>.snapshot`.
+
+    The file is checkpointed and copied as it is (no row decoded and encoded again, which
+    took most of a replay's promotion), then the copy's views are materialized: a reader
+    gets `events`, `checkpoint`, `projection_errors` and every derived relation as tables.
+    `con` is the writer's connection to `path`, idle."""
     snapshot, tmp, tmp_wal = snapshot_files(path)
     tmp.unlink(missing_ok=True)
     tmp_wal.unlink(missing_ok=True)
-    quoted = str(tmp).replace("'", "''")
-    con.execute(f"ATTACH '{quoted}' AS snapshot_copy")
+    con.execute("CHECKPOINT")  # everything in the file: no WAL to copy
+    shutil.copyfile(path, tmp)
+    copy = duckdb.connect(str(tmp), config=config)
     try:
-        con.execute("BEGIN TRANSACTION")  # one read view for every table copied
-        try:
-            for name in SNAPSHOT_TABLES:
-                con.execute(f"CREATE TABLE snapshot_copy.{name} AS SELECT * FROM main.{name}")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        for name in DERIVED:
+            copy.execute(f"CREATE TABLE {name}_materialized AS SELECT * FROM {name}")
+        for name in reversed(DERIVED):  # a view before those it reads (daily_volume: messages)
+            copy.execute(f"DROP VIEW {name}")
+        for name in DERIVED:
+            copy.execute(f"ALTER TABLE {name}_materialized RENAME TO {name}")
     finally:
-        con.execute("DETACH snapshot_copy")  # checkpoints the copy: no WAL is left beside it
+        copy.close()  # checkpoints the copy: no WAL is left beside it
     os.replace(tmp, snapshot)
 
 
@@ -119,7 +124,7 @@ def promoted_or_swapped(live: Path, config: Config) -> bool:
         con = duckdb.connect(str(live), config=config)
         try:
             con.execute(VIEWS)
-            write_snapshot(con, live)
+            write_snapshot(con, live, config)
         finally:
             con.close()
         marker.unlink()

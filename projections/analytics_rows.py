@@ -16,9 +16,9 @@ from typing import Any
 import msgspec
 
 from projections.follower import Item
+from projections.layouts import LAYOUTS, Layout
 from zapstream.envelope import UnknownEventError, upcast_fields
 from zapstream.events import (
-    EVENT_TYPES,
     TYPE_NAMES,
     HandoffReleased,
     HandoffRequested,
@@ -154,16 +154,6 @@ def event_row(item: Item) -> Row:
             return row
 
 
-class _Plan(msgspec.Struct, frozen=True):
-    """How fast_row reads one event type: what decode_fields would check, and the columns."""
-
-    required: frozenset[str]  # fields without a default
-    ints: tuple[str, ...]
-    lists: tuple[str, ...]  # list[str], JSON in the entry
-    defaults: dict[str, Any]
-    columns: tuple[tuple[str, str], ...]  # (column of `events`, the event's field)
-
-
 # The columns event_row fills from each event type's fields (ts, code: see fast_row).
 _ROW_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "message.received": (
@@ -214,38 +204,15 @@ _ROW_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def _plan(name: str) -> _Plan | None:
-    """The fast path's plan for an event type; None when it has fields of another type than
-    str, int or list[str] (decode_fields reads those)."""
-    info = msgspec.inspect.type_info(EVENT_TYPES[name])
-    assert isinstance(info, msgspec.inspect.StructType)
-    required, ints, lists, defaults = set(), [], [], {}
-    for field in info.fields:
-        kind = field.type
-        if isinstance(kind, msgspec.inspect.IntType) and not (kind.ge or kind.gt or kind.le):
-            ints.append(field.encode_name)
-        elif isinstance(kind, msgspec.inspect.ListType) and isinstance(
-            kind.item_type, msgspec.inspect.StrType
-        ):
-            lists.append(field.encode_name)
-        elif not isinstance(kind, msgspec.inspect.StrType) or kind.min_length or kind.pattern:
-            return None
-        if field.required:
-            required.add(field.encode_name)
-        elif field.default is not msgspec.NODEFAULT:
-            defaults[field.encode_name] = field.default
-        else:
-            defaults[field.encode_name] = field.default_factory()
-    return _Plan(
-        required=frozenset(required),
-        ints=tuple(ints),
-        lists=tuple(lists),
-        defaults=defaults,
-        columns=_ROW_FIELDS.get(name, ()),
-    )
+class Plan(msgspec.Struct, frozen=True):
+    """How fast_row (and analytics_bulk) reads one event type: its layout (what decode_fields
+    would check) and the columns it lands."""
+
+    layout: Layout
+    columns: tuple[tuple[str, str], ...]  # (column of `events`, the event's field)
 
 
-_PLANS = {name: plan for name in EVENT_TYPES if (plan := _plan(name)) is not None}
+PLANS = {name: Plan(layout, _ROW_FIELDS.get(name, ())) for name, layout in LAYOUTS.items()}
 _list_decoder = msgspec.json.Decoder(list[str])
 
 
@@ -268,20 +235,20 @@ def fast_row(key: str, stream: str, entry_id: str, fields: dict[bytes, bytes]) -
     try:
         values: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
         name = values.get("type", "")
-        plan = _PLANS.get(name)
+        plan = PLANS.get(name)
         if plan is None:
             return None
         values = upcast_fields(name, values)
     except (UnicodeDecodeError, UnknownEventError):
         return None
-    if not plan.required <= values.keys():
+    if not plan.layout.required <= values.keys():
         return None
-    for field in plan.ints:
+    for field in plan.layout.ints:
         if field in values:
             if not _plain_int(values[field]):
                 return None
             values[field] = int(values[field])
-    for field in plan.lists:
+    for field in plan.layout.lists:
         if field in values:
             try:
                 values[field] = _list_decoder.decode(values[field])
@@ -297,7 +264,7 @@ def fast_row(key: str, stream: str, entry_id: str, fields: dict[bytes, bytes]) -
         "at_ms": int(ms),
         "seq": int(seq or 0),
     }
-    defaults = plan.defaults
+    defaults = plan.layout.defaults
     for column, field in plan.columns:
         row[column] = values[field] if field in values else defaults[field]
     if name == "status.updated" and values["status"] == "failed":

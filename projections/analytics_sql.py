@@ -39,7 +39,6 @@ DERIVED = (
     "superseded_replies",
     "send_failures",
 )
-SNAPSHOT_TABLES = ("events", "checkpoint", "projection_errors", *DERIVED)
 
 
 def _sql_type(info: msgspec.inspect.Type) -> str:

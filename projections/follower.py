@@ -15,6 +15,14 @@ id and reason, and skipped, so the follower never loops on it.
 Followers read with XREAD from their positions, never with consumer groups: a read model is
 rebuilt by reading the log again from the start, which a group's delivery state cannot do.
 
+A replay's copy that loads entries in bulk (a target with `raw_batch`, see RawChunk) is
+caught up another way: each stream key read to its end with XRANGE, one after the other (or
+`raw_lanes` at once), and each reply handed to the target as hiredis returns it, with no Item
+(and no Python object) per entry; the target parses and projects the chunk set-based, entries
+it cannot read that way (an older `v` to upcast, say) through its per-entry path, in the same
+transaction, which checks and moves the checkpoint of the chunk's key alone. A chunk it
+cannot load in bulk at all is applied as Items, entry by entry when it must.
+
 After every commit (and at start) the follower mirrors its positions into the Redis hash
 `<prefix>:projections` (field `<projection>:<stream key>`), so that trimming knows what each
 projection still needs even while its database is down. The mirror is written after the
@@ -26,15 +34,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 import msgspec
 import structlog
 from redis.asyncio import Redis
 
+from zapstream.connections import is_cluster, sibling
 from zapstream.envelope import decode_fields
 from zapstream.events import Event
-from zapstream.keys import projections_key, stream_keys
+from zapstream.keys import partition_of, projections_key, stream_keys
 from zapstream.topology import Topology
 
 log = structlog.get_logger()
@@ -42,6 +51,7 @@ log = structlog.get_logger()
 START = "0-0"  # the position before the first entry
 BATCH = 2000  # entries per read and per transaction
 BLOCK_MS = 1000  # a follower caught up waits this long for new entries
+CLUSTER_POLL_S = 0.1  # on a Redis Cluster (several hash tags), it asks again this often
 DECODE_STEP = 200  # entries decoded between two chances for the event loop to serve others
 BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # after transient failures; the last repeats
 REDIS_TIMEOUT_S = 10.0
@@ -65,6 +75,20 @@ class Item(msgspec.Struct, frozen=True, kw_only=True):
     def at_ms(self) -> int:
         """When the entry was appended (its id's milliseconds): the log's own clock."""
         return int(self.entry_id.split("-", 1)[0])
+
+
+class RawChunk(msgspec.Struct, frozen=True, kw_only=True):
+    """Entries of one stream key, in id order, as hiredis returns XRANGE's reply."""
+
+    key: str
+    stream: str
+    # [[entry id, [field, value, field, value, ...]], ...], all bytes: never converted, as
+    # building a Python object per entry is what a bulk load avoids.
+    entries: list[Any]
+
+    @property
+    def last_id(self) -> str:
+        return str(self.entries[-1][0].decode())
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,6 +132,19 @@ class Target(Protocol):
         """Whether `error` may pass by itself (connection lost, lock timeout)."""
 
     async def close(self) -> None: ...
+
+
+class BulkTarget(Target, Protocol):
+    """A replay's copy that loads XRANGE replies as they are (analytics.py, sessions.py)."""
+
+    raw_batch: int  # entries per XRANGE and per transaction
+    # (and optionally raw_lanes: stream keys loaded at once, 1 when missing)
+
+    async def apply_raw(self, chunk: RawChunk, start: dict[str, str], end: dict[str, str]) -> None:
+        """apply() for a chunk: in one transaction, check the checkpoint is `start` (else
+        Moved), project every entry of `chunk` (an undecodable one into projection_errors),
+        and move the checkpoint to `end`. Raises ValueError for a chunk it cannot load in
+        bulk (the follower then applies its entries as Items)."""
 
 
 def decode(key: str, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> Item:
@@ -198,6 +235,9 @@ class Follower:
                     applied += len(items)
                     if progress is not None:
                         progress(len(items))
+        if getattr(self.target, "raw_batch", 0):
+            bulk = cast(BulkTarget, self.target)
+            return applied + await self._catch_up_raw(bulk, positions, until, progress)
         # The next batch is read (and decoded) while the target applies this one: the target
         # works in a thread of its own (DuckDB) or in its database (PostgreSQL). A batch read
         # ahead is used only when the batch before ends where it was read from (no Moved).
@@ -223,6 +263,120 @@ class Follower:
                 ahead = await self._read_behind(positions, until)
             items = ahead
         return applied
+
+    async def _catch_up_raw(
+        self,
+        target: BulkTarget,
+        positions: dict[str, str],
+        until: dict[str, str],
+        progress: Progress | None,
+    ) -> int:
+        """catch_up() over the streams for a bulk target: each key read to `until` with
+        XRANGE, the next chunk read while the target loads this one; a target with
+        `raw_lanes` loads that many keys at once (the longest first), each lane taking the
+        next key when done with one. A chunk's transaction names its own key only."""
+        raw = _raw_client(self.redis)
+        behind = [key for key, end in until.items() if _before(positions[key], end)]
+        pending = iter(await self._longest_first(behind))  # shared by the lanes
+        done = [0]
+
+        async def lane() -> None:
+            for key in pending:
+                applied = await self._catch_up_key(
+                    raw, target, key, positions[key], until[key], progress
+                )
+                done[0] += applied  # not `+= await`: that reads done[0] before awaiting
+
+        lanes = [asyncio.create_task(lane()) for _ in range(getattr(target, "raw_lanes", 1))]
+        try:
+            await asyncio.gather(*lanes)  # the first failure as it is (no ExceptionGroup)
+        except BaseException:
+            for running in lanes:
+                running.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+            raise
+        finally:
+            await raw.aclose()
+        return done[0]
+
+    async def _catch_up_key(
+        self,
+        raw: Redis,
+        target: BulkTarget,
+        key: str,
+        position: str,
+        end: str,
+        progress: Progress | None,
+    ) -> int:
+        applied = 0
+        chunk = await self._xrange(raw, target, key, position, end)
+        while chunk is not None and not self._stopping:
+            applying = asyncio.create_task(self._apply_raw(target, chunk, position))
+            try:
+                ahead = await self._xrange(raw, target, key, chunk.last_id, end)
+            except Exception:
+                await applying  # the chunk read is applied, as without reading ahead
+                raise
+            except BaseException:
+                applying.cancel()
+                raise
+            position = await applying
+            applied += len(chunk.entries)
+            if progress is not None:
+                progress(len(chunk.entries))
+            if position != chunk.last_id:  # Moved: read from where it is
+                ahead = await self._xrange(raw, target, key, position, end)
+            chunk = ahead
+        return applied
+
+    async def _longest_first(self, keys: list[str]) -> list[str]:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.xlen(key)
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            lengths = dict(zip(keys, await pipe.execute(), strict=True))
+        return sorted(keys, key=lambda key: -int(lengths[key]))
+
+    async def _xrange(
+        self, raw: Redis, target: BulkTarget, key: str, after: str, end: str
+    ) -> RawChunk | None:
+        """The entries of `key` after `after` up to `end` (at most raw_batch); None when none."""
+        if not _before(after, end):
+            return None
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            entries = await raw.xrange(key, min=f"({after}", max=end, count=target.raw_batch)
+        if not entries:
+            return None
+        return RawChunk(key=key, stream=self.stream_of[key], entries=entries)
+
+    async def _apply_raw(self, target: BulkTarget, chunk: RawChunk, position: str) -> str:
+        """Load a chunk in bulk (retrying transient failures); its key's position after it. A
+        chunk the target cannot load in bulk is applied as Items."""
+        start, end = {chunk.key: position}, {chunk.key: chunk.last_id}
+        attempt = 0
+        while True:
+            try:
+                await target.apply_raw(chunk, start, end)
+            except Moved:
+                log.info("projection_moved", projection=target.name)
+                return (await self._positions())[chunk.key]
+            except Exception as err:
+                if target.transient(err):
+                    await self._backoff(err, attempt)
+                    attempt += 1
+                    continue
+                log.warning("projection_bulk_failed", projection=target.name, error=explain(err))
+                return (await self._apply(self._items(chunk), start))[chunk.key]
+            self.applied += len(chunk.entries)
+            await self._mirror(end)
+            return chunk.last_id
+
+    def _items(self, chunk: RawChunk) -> list[Item]:
+        """A chunk's entries decoded one by one, as _read decodes XREAD's."""
+        return [
+            self.decode(chunk.key, chunk.stream, raw_id.decode(), entry_fields(fields))
+            for raw_id, fields in chunk.entries
+        ]
 
     async def _read_behind(self, positions: dict[str, str], until: dict[str, str]) -> list[Item]:
         """The next batch up to `until` from `positions` (none when every key is there)."""
@@ -267,11 +421,7 @@ class Follower:
         self, positions: dict[str, str], block_ms: int | None, until: dict[str, str] | None = None
     ) -> list[Item]:
         async with asyncio.timeout(REDIS_TIMEOUT_S + (block_ms or 0) / 1000):
-            reply: Any = await self.redis.xread(
-                positions,  # type: ignore[arg-type]
-                count=self.batch,
-                block=block_ms,
-            )
+            reply = await self._xread(positions, block_ms)
         items = []
         for raw_key, entries in reply or []:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
@@ -289,6 +439,27 @@ class Follower:
                     # Let the loop serve others (the webhook, in `zapstream run`) meanwhile.
                     await asyncio.sleep(0)
         return items
+
+    async def _xread(self, positions: dict[str, str], block_ms: int | None) -> Any:
+        """XREAD over every key. A Redis Cluster takes the keys of one hash tag a command: there
+        each partition is read without blocking (pipelined, each to its node), and when all
+        are empty the follower pauses up to CLUSTER_POLL_S instead of blocking."""
+        if self.topology.partitions == 1 or not is_cluster(self.redis):
+            return await self.redis.xread(
+                positions,  # type: ignore[arg-type]
+                count=self.batch,
+                block=block_ms,
+            )
+        by_partition: dict[int, dict[str, str]] = {}
+        for key, position in positions.items():
+            by_partition.setdefault(partition_of(key), {})[key] = position
+        pipe = self.redis.pipeline(transaction=False)
+        for keys in by_partition.values():
+            pipe.xread(keys, count=self.batch)  # type: ignore[arg-type]
+        reply = [found for answer in await pipe.execute() for found in answer or []]
+        if not reply and block_ms:
+            await asyncio.sleep(min(block_ms / 1000, CLUSTER_POLL_S))
+        return reply
 
     async def _apply(self, items: list[Item], positions: dict[str, str]) -> dict[str, str]:
         """Apply a batch (retrying transient failures); the positions after it."""
@@ -317,7 +488,7 @@ class Follower:
     async def _apply_one_by_one(
         self, items: list[Item], positions: dict[str, str], first: Exception
     ) -> dict[str, str]:
-        log.warning("projection_batch_failed", projection=self.target.name, error=_describe(first))
+        log.warning("projection_batch_failed", projection=self.target.name, error=explain(first))
         for item in items:
             start = positions
             positions = {**positions, item.key: item.entry_id}
@@ -337,7 +508,7 @@ class Follower:
                         await self._backoff(err, attempt)
                         attempt += 1
                         continue
-                    failure = Failure(key=item.key, entry_id=item.entry_id, reason=_describe(err))
+                    failure = Failure(key=item.key, entry_id=item.entry_id, reason=explain(err))
                     log.error(
                         "projection_error",
                         projection=self.target.name,
@@ -366,10 +537,28 @@ class Follower:
         log.warning(
             "projection_retrying",
             projection=self.target.name,
-            error=_describe(err),
+            error=explain(err),
             retry_in=delay,
         )
         await asyncio.sleep(delay)
+
+
+def _raw_client(redis: Redis) -> Redis:
+    """A client of the same Redis whose XRANGE returns hiredis's reply untouched: redis-py
+    would build a dict per entry (about a third of XRANGE's time), which a bulk load skips."""
+    raw = sibling(redis)
+    raw.set_response_callback("XRANGE", _reply_as_is)
+    return raw
+
+
+def _reply_as_is(response: Any, **kwargs: Any) -> Any:
+    return response
+
+
+def entry_fields(fields: list[bytes]) -> dict[bytes, bytes]:
+    """A flat [field, value, ...] list as the dict redis-py makes of it (the last value of a
+    repeated field wins)."""
+    return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
 def _before(a: str, b: str) -> bool:
@@ -379,5 +568,6 @@ def _before(a: str, b: str) -> bool:
     return (int(ams), int(aseq or 0)) < (int(bms), int(bseq or 0))
 
 
-def _describe(err: BaseException) -> str:
+def explain(err: BaseException) -> str:
+    """An error as projection_errors and the logs record it."""
     return f"{type(err).__name__}: {err}"[:500]

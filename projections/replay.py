@@ -2,13 +2,15 @@
 
 A replay builds a fresh copy of the model beside the live one (PostgreSQL: the schema
 `<schema>_rebuild`; DuckDB: the file `<path>.rebuild`), follows the whole log into it with the
-same Follower and the same apply code as live following, then promotes it: PostgreSQL swaps
-the schemas in one transaction; DuckDB hands the new file to the live follower (see
-analytics.py). Readers see the old model or the new one, never half of one. The copy carries
-its own checkpoint, so the live follower, finding the checkpoint moved under it, picks up from
-the promoted model's positions. Ctrl-C before the promotion drops the copy and leaves the live
-model as it was. A replay only reads the log: it never calls the AI, never sends, never
-appends.
+same Follower, then promotes it: PostgreSQL swaps the schemas in one transaction; DuckDB hands
+the new file to the live follower (see analytics.py). The copy loads the streams in bulk,
+XRANGE's replies as they are, parsed and projected set-based (analytics_bulk.py,
+sessions_bulk.py): what live following makes of each entry, its per-entry code taking any entry
+the bulk load cannot read as it is (an older version to upcast, say). Readers see the old model
+or the new one, never half of one. The copy carries its own checkpoint, so the live follower,
+finding the checkpoint moved under it, picks up from the promoted model's positions. Ctrl-C
+before the promotion drops the copy and leaves the live model as it was. A replay only reads
+the log: it never calls the AI, never sends, never appends.
 
 A replay reads the archive first, then the streams after the last archived entry id (see
 Follower.catch_up), so it sees the whole history also after trimming. While it runs it pins

@@ -12,21 +12,23 @@ database and schema are created and migrated by migrate.py.
 
 One batch is one transaction: the checkpoint rows are locked and compared with the batch's
 start, every table is written with one statement over arrays (no round trip per row), and
-the checkpoint moves to the batch's end.
+the checkpoint moves to the batch's end. A replay's bulk copy takes XRANGE's replies as they
+are instead: COPYed into a staging table and projected from there by the same statements,
+in the same transaction (apply_raw, sessions_bulk.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs in the dev extra yet
 import structlog
 
-from projections.follower import Failure, Item, Moved
+from projections.follower import Failure, Item, Moved, RawChunk, decode, explain
 from projections.migrate import (
     Connecting,
     connect,
@@ -36,8 +38,20 @@ from projections.migrate import (
     read_migrations,
     schema_exists,
 )
+from projections.sessions_bulk import (
+    COLUMNS,
+    READS,
+    REJECTED,
+    STAGED_ENTRIES,
+    create_staged,
+    drop_staged,
+    sources,
+    split_line,
+    stage_identities,
+    staged_records,
+)
 from projections.sessions_rows import Rows, to_columns
-from projections.sessions_sql import Statements
+from projections.sessions_sql import ARRAY_TYPES, Statements
 
 log = structlog.get_logger()
 
@@ -50,6 +64,10 @@ APPLY_TIMEOUT_S = 60.0  # one batch's transaction, waiting for a connection incl
 MIGRATE_TIMEOUT_S = 120.0
 DERIVE_TIMEOUT_S = 1800.0  # a bulk copy's derived columns, over the whole schema (promote)
 DERIVE_WORK_MEM = "256MB"
+RAW_BATCH = 20_000  # a bulk copy's entries per XRANGE and transaction
+# Stream keys a bulk copy loads at once: PostgreSQL's work, the most of a rebuild's, on two
+# backends (chunks of different keys write different rows).
+RAW_LANES = 2
 LOCK_TIMEOUT = "10s"  # a row or table lock held elsewhere longer than this: a transient error
 START = "0-0"
 # ANALYZE the tables (autovacuum may be off) once this many entries are applied, then each
@@ -87,11 +105,20 @@ class SessionsTarget:
     A replay builds a copy in another schema and calls promote(); `live_schema` names the
     schema it replaces. `bulk` (a replay's copy only): batches write the facts alone, and the
     derived columns (a message's status, a session's status, ...) are computed once, over the
-    whole schema, by promote(); nobody reads the copy before that.
+    whole schema, by promote(); nobody reads the copy before that. It also loads XRANGE
+    replies as they are (apply_raw), two stream keys at once (RAW_LANES).
     """
 
     name: ClassVar[str] = "sessions"
-    streams: ClassVar[tuple[str, ...]] = ("messages", "statuses", "turns", "replies", "handoffs")
+    # `operations` too, though no row comes from it: its checkpoint lets trimming pass.
+    streams: ClassVar[tuple[str, ...]] = (
+        "messages",
+        "statuses",
+        "turns",
+        "replies",
+        "handoffs",
+        "operations",
+    )
 
     def __init__(
         self,
@@ -107,13 +134,24 @@ class SessionsTarget:
         if bulk and schema == live_schema:
             raise ValueError("bulk is for a replay's copy: the live schema is read meanwhile")
         self.bulk = bulk
+        if bulk:
+            self.raw_batch = RAW_BATCH  # Follower stages XRANGE replies as they are
+            self.raw_lanes = RAW_LANES
         self.database_url = database_url
         self.schema = schema
         self.live_schema = live_schema
         self._pool: asyncpg.Pool | None = None
         self._sql = Statements(f'"{schema}"')
+        staged = Statements(f'"{schema}"', sources=sources(f'"{schema}"'))
+        # Identities are staged chunk by chunk, and written once by _derive_all.
+        self._staged_sql = {
+            name: getattr(staged, name) for name in ARRAY_TYPES if name != "identities"
+        }
+        self._staged_sql["staged_identities"] = stage_identities(f'"{schema}"')
+        self._identities = staged.identities
         self._applied = 0  # entries applied by this instance
         self._analyze_at = ANALYZE_FIRST
+        self._deferred_indexes: list[str] = []  # a bulk copy's, built by promote()
 
     async def start(self) -> None:
         """Create the database and the schema when missing and apply pending migrations;
@@ -126,6 +164,8 @@ class SessionsTarget:
                 await migrate(connection, self.schema, migrations)
             finally:
                 await connection.close()
+            if self.bulk:
+                await self._create_staged()
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
                     self.database_url,
@@ -134,7 +174,26 @@ class SessionsTarget:
                     timeout=CONNECT_TIMEOUT_S,
                     command_timeout=COMMAND_TIMEOUT_S,
                     server_settings=_SERVER_SETTINGS,
+                    init=_create_staged_entries if self.bulk else None,
                 )
+
+    async def _create_staged(self) -> None:
+        s = f'"{self.schema}"'
+        connection = await _connect(self.database_url)
+        try:
+            async with connection.transaction():
+                await connection.execute(drop_staged(s))
+                await connection.execute(create_staged(s))
+                # Room in every page for derive_messages' new row versions: HOT updates, no
+                # index entries (it changes no indexed column). Reset before promotion.
+                await connection.execute(f"ALTER TABLE {s}.messages SET (fillfactor = 50)")
+                # Indexes no write of the copy needs (ON CONFLICT needs the unique ones) are
+                # built once, before promotion, rather than entry by entry.
+                for name, definition in await connection.fetch(_SECONDARY_INDEXES, self.schema):
+                    self._deferred_indexes.append(definition)
+                    await connection.execute(f"DROP INDEX {name}")
+        finally:
+            await connection.close()
 
     async def positions(self) -> dict[str, str]:
         async with asyncio.timeout(APPLY_TIMEOUT_S):
@@ -152,6 +211,36 @@ class SessionsTarget:
         for item in items:
             rows.add(item)
         rows.errors.extend((f.key, f.entry_id, f.reason) for f in failures)
+        await self._transaction(start, end, lambda connection: self._write(connection, rows))
+        self._applied += len(items) + len(failures)
+        if self._applied >= self._analyze_at:
+            self._analyze_at = self._applied * 2
+            await self._analyze()
+
+    async def apply_raw(self, chunk: RawChunk, start: dict[str, str], end: dict[str, str]) -> None:
+        """apply() for a replay's bulk copy: the chunk COPYed into the staging table and
+        projected from there set-based (sessions_bulk.py), in the checkpoint's transaction."""
+        records = staged_records(chunk)  # ValueError: the follower applies Items
+        types = {record[3] for record in records}
+
+        async def stage(connection: asyncpg.Connection) -> None:
+            # A crash loses the copy whatever was committed (a replay starts it afresh).
+            await connection.execute("SET LOCAL synchronous_commit = off")
+            await connection.copy_records_to_table(
+                "staged_entries", columns=COLUMNS, records=records
+            )
+            await self._project_staged(connection, types)
+
+        await self._transaction(start, end, stage)
+
+    async def _transaction(
+        self,
+        start: dict[str, str],
+        end: dict[str, str],
+        write: Callable[[asyncpg.Connection], Awaitable[None]],
+    ) -> None:
+        """In one transaction: lock the checkpoint and check it is at `start` (else Moved),
+        write, and move the checkpoint to `end`."""
         keys = sorted(start.keys() | end.keys())
         target = {key: end.get(key, start.get(key, START)) for key in keys}
         for key in keys:
@@ -166,16 +255,12 @@ class SessionsTarget:
                             f"{key}: checkpoint at {stored.get(key, START)}, "
                             f"batch starts at {start.get(key, START)}"
                         )
-                await self._write(connection, rows)
+                await write(connection)
                 moved = [k for k in keys if target[k] != stored.get(k, START)]
                 if moved:
                     await connection.execute(
                         self._sql.move_checkpoint, moved, [target[k] for k in moved]
                     )
-        self._applied += len(items) + len(failures)
-        if self._applied >= self._analyze_at:
-            self._analyze_at = self._applied * 2
-            await self._analyze()
 
     async def _analyze(self) -> None:
         """Refresh the planner's statistics. The batch is committed already: a failure here
@@ -238,27 +323,61 @@ class SessionsTarget:
 
     async def _derive_all(self) -> None:
         """A bulk copy's derived columns, each table in one set-based statement, in the order
-        they depend on each other; then fresh statistics for the live follower's plans."""
-        sql = self._sql
+        they depend on each other, on two connections: turns and messages on one, the
+        identities, sessions and their statuses on the other (they read no column the first
+        writes, and count no turn it adds: those have no ready_at); then the secondary
+        indexes built, and fresh statistics for the live follower's plans."""
+        sql, s = self._sql, f'"{self.schema}"'
         async with asyncio.timeout(DERIVE_TIMEOUT_S):
-            connection = await _connect(self.database_url)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._derive([sql.derive_turns, sql.derive_messages]))
+                group.create_task(
+                    self._derive([self._identities, sql.derive_sessions, sql.derive_statuses])
+                )
+            async with asyncio.TaskGroup() as group:
+                for definition in self._deferred_indexes:
+                    group.create_task(self._derive([definition]))
+                group.create_task(
+                    self._derive([drop_staged(s), f"ALTER TABLE {s}.messages RESET (fillfactor)"])
+                )
+            analyze = [f"ANALYZE {s}.{table}" for table in TABLES]
+            async with asyncio.TaskGroup() as group:  # the larger tables on either side
+                group.create_task(self._derive(analyze[::2]))
+                group.create_task(self._derive(analyze[1::2]))
+
+    async def _derive(self, statements: list[str]) -> None:
+        """`statements` in one transaction of a connection of their own."""
+        connection = await _connect(self.database_url)
+        try:
+            async with connection.transaction():
+                # whole-table hash joins: in memory rather than in batches on disk
+                await connection.execute(f"SET LOCAL work_mem = '{DERIVE_WORK_MEM}'")
+                for statement in statements:
+                    await connection.execute(statement, timeout=DERIVE_TIMEOUT_S)
+        finally:
+            await connection.close()
+
+    async def _project_staged(self, connection: asyncpg.Connection, types: set[str]) -> None:
+        """The staged entries' rows: each write statement that reads one of `types` once over
+        the entries their layout reads, then the rest one by one, each in a savepoint, as
+        the follower would (an entry that fails is recorded in projection_errors)."""
+        for name, sql in self._staged_sql.items():
+            if types & READS[name]:
+                await connection.fetch(sql)  # prepared once per connection, not planned each time
+        for row in await connection.fetch(REJECTED):
+            fields = split_line(row["line"])
+            item = decode(row["stream_key"], row["stream"], row["entry_id"], fields)
+            rows = Rows()
+            rows.add(item)
             try:
                 async with connection.transaction():
-                    # whole-table hash joins: in memory rather than in batches on disk
-                    await connection.execute(f"SET LOCAL work_mem = '{DERIVE_WORK_MEM}'")
-                    for statement in (
-                        sql.derive_turns,
-                        sql.derive_messages,
-                        sql.derive_sessions,
-                        sql.derive_statuses,
-                    ):
-                        await connection.execute(statement, timeout=DERIVE_TIMEOUT_S)
-                for table in TABLES:
-                    await connection.execute(
-                        f'ANALYZE "{self.schema}".{table}', timeout=DERIVE_TIMEOUT_S
-                    )
-            finally:
-                await connection.close()
+                    await self._write(connection, rows)
+            except Exception as error:
+                if self.transient(error):
+                    raise
+                await connection.execute(
+                    self._sql.errors, [item.key], [item.entry_id], [explain(error)]
+                )
 
     async def drop(self) -> None:
         """Discard this (shadow) schema; nothing happens when it or its database is missing."""
@@ -339,6 +458,12 @@ class SessionsTarget:
             await connection.execute(sql.refresh_statuses, touched)
 
 
+# The indexes of a schema that are not unique: what ON CONFLICT never needs.
+_SECONDARY_INDEXES = """
+    SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = $1 AND NOT i.indisunique"""
 _SERVER_SETTINGS = {
     "application_name": "zapstream-sessions",
     "lock_timeout": LOCK_TIMEOUT,
@@ -349,6 +474,11 @@ _CONNECTING = Connecting(
     command_timeout_s=COMMAND_TIMEOUT_S,
     server_settings=_SERVER_SETTINGS,
 )
+
+
+async def _create_staged_entries(connection: asyncpg.Connection) -> None:
+    """A bulk copy's pool connection gets its own staging table (sessions_bulk.py)."""
+    await connection.execute(STAGED_ENTRIES)
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:

@@ -56,7 +56,7 @@ class Rows:
                 self.errors.append((item.key, item.entry_id, item.error))
             case MessageReceived():
                 created = _from_seconds(event.timestamp)
-                body = _body(event.kind, event.data)
+                body = message_body(event.kind, event.data)
                 row = (event.message_id, event.session_id, event.kind, body, created)
                 self.inbound.append(row)
                 self.refresh_messages.add(event.message_id)
@@ -168,7 +168,7 @@ class _MessageView(msgspec.Struct, frozen=True):
 _message_view = msgspec.json.Decoder(_MessageView)
 
 
-def _body(kind: str, data: str) -> str:
+def message_body(kind: str, data: str) -> str:
     """A text's body or a media message's caption; '' for anything else or unreadable."""
     try:
         view = _message_view.decode(data)

@@ -10,6 +10,8 @@ the same over the whole schema, once, for a replay's bulk copy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from projections.follower import START
 
 # Outcomes of a reply, from the nearest to the furthest: a turn shows its furthest, and a
@@ -17,10 +19,34 @@ from projections.follower import START
 _RANK = "array_position(ARRAY['generated','superseded','blocked','failed','sent']::text[], {})"
 
 
+# The array parameters of each write statement, one per column.
+ARRAY_TYPES = {
+    "inbound": ("text", "text", "text", "text", "timestamptz"),
+    "statuses": ("text", "text", "timestamptz"),
+    "turn_messages": ("text", "text", "text"),
+    "turns_ready": ("text", "text", "int", "timestamptz"),
+    "generated": ("text", "text", "text", "text", "int", "timestamptz"),
+    "outcomes": ("text", "text", "text", "text", "timestamptz", "int", "text"),
+    "outbound": ("text", "text", "text", "text", "timestamptz"),
+    "handoffs": ("text", "text", "text", "text", "timestamptz"),
+    "identities": ("text", "text", "text", "text"),
+}
+
+
 class Statements:
     """The SQL of one schema. Each statement writes a whole batch's rows of one kind."""
 
-    def __init__(self, s: str) -> None:
+    def __init__(self, s: str, sources: Mapping[str, str] | None = None) -> None:
+        """`sources`: each write statement's rows from a query (by the statement's name)
+        instead of from arrays, one parameter per column (a replay's bulk copy, see
+        sessions_bulk.py); a query's columns are in the order of the arrays'."""
+
+        def source(name: str) -> str:
+            if sources is not None:
+                return f"({sources[name]})"
+            arrays = (f"${i}::{t}[]" for i, t in enumerate(ARRAY_TYPES[name], start=1))
+            return f"unnest({', '.join(arrays)})"
+
         self.positions = f"SELECT stream_key, position FROM {s}.checkpoint"
         self.lock_checkpoint = f"""
             SELECT stream_key, position FROM {s}.checkpoint
@@ -33,12 +59,13 @@ class Statements:
             UPDATE {s}.checkpoint c SET position = n.position
             FROM unnest($1::text[], $2::text[]) AS n(stream_key, position)
             WHERE c.stream_key = n.stream_key"""
-        # A wamid read twice keeps its least row; returns the sessions it was in before.
+        # A wamid read twice keeps its least row; returns the sessions it was in before (a
+        # bulk copy derives every session after: it looks up nothing, returns nothing).
+        returns_nothing = "SELECT NULL::text AS session_id WHERE false"
         self.inbound = f"""
             WITH n AS (
-                SELECT DISTINCT ON (message_id) * FROM unnest(
-                    $1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]
-                ) AS n(message_id, session_id, type, body, created_at)
+                SELECT DISTINCT ON (message_id) * FROM {source("inbound")}
+                    AS n(message_id, session_id, type, body, created_at)
                 ORDER BY message_id, session_id, created_at, type, body
             ), before AS (
                 SELECT m.session_id FROM n CROSS JOIN LATERAL (
@@ -54,11 +81,11 @@ class Statements:
                     AND (excluded.session_id, excluded.created_at, excluded.type, excluded.body)
                         < (m.session_id, m.created_at, m.type, m.body)
             )
-            SELECT session_id FROM before"""
+            {"SELECT session_id FROM before" if sources is None else returns_nothing}"""
         self.statuses = f"""
             INSERT INTO {s}.message_statuses AS t (message_id, status, at)
             SELECT message_id, status, min(at)
-            FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(message_id, status, at)
+            FROM {source("statuses")} AS n(message_id, status, at)
             GROUP BY message_id, status
             ON CONFLICT (message_id, status) DO UPDATE SET at = excluded.at
             WHERE excluded.at < t.at"""
@@ -66,7 +93,7 @@ class Statements:
         self.turn_messages = f"""
             INSERT INTO {s}.turn_messages AS t (message_id, session_id, turn_id)
             SELECT DISTINCT ON (message_id) message_id, session_id, turn_id
-            FROM unnest($1::text[], $2::text[], $3::text[]) AS n(message_id, session_id, turn_id)
+            FROM {source("turn_messages")} AS n(message_id, session_id, turn_id)
             ORDER BY message_id, length(turn_id), turn_id, session_id
             ON CONFLICT (message_id) DO UPDATE
                 SET session_id = excluded.session_id, turn_id = excluded.turn_id
@@ -75,8 +102,7 @@ class Statements:
         self.turns_ready = f"""
             INSERT INTO {s}.turns AS t (session_id, turn_id, message_count, ready_at)
             SELECT DISTINCT ON (session_id, turn_id) session_id, turn_id, message_count, ready_at
-            FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[])
-                AS n(session_id, turn_id, message_count, ready_at)
+            FROM {source("turns_ready")} AS n(session_id, turn_id, message_count, ready_at)
             ORDER BY session_id, turn_id, ready_at, message_count
             ON CONFLICT (session_id, turn_id) DO UPDATE
                 SET message_count = excluded.message_count, ready_at = excluded.ready_at
@@ -90,8 +116,8 @@ class Statements:
                 (reply_id, session_id, turn_id, body, tokens, generated_at, outcome)
             SELECT DISTINCT ON (reply_id)
                 reply_id, session_id, turn_id, body, tokens, generated_at, 'generated'
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
-                $6::timestamptz[]) AS n(reply_id, session_id, turn_id, body, tokens, generated_at)
+            FROM {source("generated")}
+                AS n(reply_id, session_id, turn_id, body, tokens, generated_at)
             ORDER BY reply_id, generated_at, body, tokens, session_id, turn_id
             ON CONFLICT (reply_id) DO UPDATE SET
                 session_id = greatest(r.session_id, excluded.session_id),
@@ -113,8 +139,7 @@ class Statements:
                 (reply_id, session_id, turn_id, outcome, outcome_at, code, reason)
             SELECT DISTINCT ON (reply_id)
                 reply_id, session_id, turn_id, outcome, outcome_at, code, reason
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                $6::int[], $7::text[])
+            FROM {source("outcomes")}
                 AS n(reply_id, session_id, turn_id, outcome, outcome_at, code, reason)
             ORDER BY reply_id, {order("n")} DESC, session_id, turn_id
             ON CONFLICT (reply_id) DO UPDATE SET
@@ -130,8 +155,7 @@ class Statements:
                 created_at, status, turn_id, reply_id)
             SELECT DISTINCT ON (message_id)
                 message_id, session_id, 'out', 'text', '', created_at, 'sent', turn_id, reply_id
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
-                AS n(message_id, session_id, reply_id, turn_id, created_at)
+            FROM {source("outbound")} AS n(message_id, session_id, reply_id, turn_id, created_at)
             ORDER BY message_id, created_at, reply_id, session_id, turn_id
             ON CONFLICT (message_id) DO UPDATE SET session_id = excluded.session_id,
                 created_at = excluded.created_at, turn_id = excluded.turn_id,
@@ -141,8 +165,7 @@ class Statements:
                     < (m.created_at, m.reply_id, m.session_id, m.turn_id)"""
         self.handoffs = f"""
             INSERT INTO {s}.handoffs (session_id, entry_id, type, turn_id, at)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
-                $5::timestamptz[])
+            SELECT * FROM {source("handoffs")} AS n(session_id, entry_id, type, turn_id, at)
             ON CONFLICT (session_id, entry_id) DO NOTHING"""
         self.errors = f"""
             INSERT INTO {s}.projection_errors (stream_key, entry_id, reason)
@@ -152,7 +175,8 @@ class Statements:
             ON CONFLICT (stream_key, entry_id) DO NOTHING"""
         self.identities = f"""
             INSERT INTO {s}.sessions AS s (session_id, wa_id, customer, phone_number_id)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+            SELECT * FROM {source("identities")}
+                AS n(session_id, wa_id, customer, phone_number_id)
             ON CONFLICT (session_id) DO UPDATE SET
                 wa_id = greatest(s.wa_id, excluded.wa_id),
                 customer = greatest(s.customer, excluded.customer),

@@ -62,6 +62,25 @@ def is_cluster(redis: Redis) -> bool:
     return isinstance(redis, RedisCluster)
 
 
+def sibling(redis: Redis) -> Redis:
+    """Another client of the same Redis, whose response callbacks may be changed without
+    touching `redis`'s: over the same pool for a single Redis (closing it leaves the pool
+    open), with connections of its own for a cluster (redis-py's cluster client has no
+    shared pool)."""
+    if not is_cluster(redis):
+        return Redis(connection_pool=redis.connection_pool)
+    node = cast(RedisCluster, redis).get_default_node()
+    cluster = RedisCluster(
+        host=node.host,
+        port=node.port,
+        max_connections=CLUSTER_MAX_CONNECTIONS,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        socket_keepalive=True,
+    )
+    return cast(Redis, cluster)
+
+
 async def memory(redis: Redis) -> tuple[int, int]:
     """Bytes used and the limit (0: none), of INFO memory; summed over a cluster's primaries."""
     if not is_cluster(redis):

@@ -1,7 +1,7 @@
 """A seeded history for projection tests: a few thousand mixed events appended to the log as
 the pipeline would write them (sessions, bursts, turns, replies and their outcomes, statuses
-in every order, failures, supersedes, handoffs, a rejected message), interleaved across
-streams the way live traffic interleaves them.
+in every order, failures, supersedes, handoffs, a rejected message, an operator's requeue),
+interleaved across streams the way live traffic interleaves them.
 
     summary = await write_history(redis, seed=7)  # 250 sessions, about 3,300 events
 """
@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from zapstream.envelope import encode_fields
 from zapstream.events import (
+    DeadLetterRequeued,
     Event,
     HandoffReleased,
     HandoffRequested,
@@ -43,6 +44,7 @@ STREAMS = {
     ReplySuperseded: "replies",
     HandoffRequested: "handoffs",
     HandoffReleased: "handoffs",
+    DeadLetterRequeued: "operations",
 }
 NUMBERS = ("100000000000001", "100000000000002")
 START_TS = 1_795_000_000  # WhatsApp timestamps start here (Nov 2026)
@@ -191,6 +193,16 @@ def _session(rng: random.Random, n: int) -> Iterator[Event]:
                 yield HandoffReleased(
                     session_id=session, turn_id=turn_id, phone_number_id=number, customer=customer
                 )
+    if n % 50 == 7:  # an operator sent one of its entries back (read models ignore it)
+        yield DeadLetterRequeued(
+            session_id=session,
+            group="respond",
+            dead_letter_id=f"{ts * 1000}-{n}",
+            stream="turns",
+            entry_id=f"{ts * 1000 - 1}-0",
+            error="TimeoutError: handler ran past 120s",
+            code="timeout",
+        )
 
 
 def _message(

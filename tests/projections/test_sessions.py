@@ -24,6 +24,7 @@ from tests.projections.history import history
 from tests.waiting import eventually
 from zapstream.envelope import encode_fields
 from zapstream.events import (
+    DeadLetterRequeued,
     Event,
     HandoffReleased,
     HandoffRequested,
@@ -59,6 +60,7 @@ STREAM_OF: dict[type[Event], str] = {
     ReplySuperseded: "replies",
     HandoffRequested: "handoffs",
     HandoffReleased: "handoffs",
+    DeadLetterRequeued: "operations",
 }
 
 

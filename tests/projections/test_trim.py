@@ -17,7 +17,7 @@ from projections.replay import live_target
 from projections.trim import trim
 from tests.projections.history import key, write_history
 from tests.projections.test_archive import _create_groups, _follow, _retention_topology
-from zapstream.operate import read_inspection
+from zapstream.inspect import read_inspection
 from zapstream.settings import Settings
 from zapstream.topology import Topology
 
