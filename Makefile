@@ -29,6 +29,7 @@ typecheck: $(STAMP)
 
 test: services lint typecheck
 	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python scripts/test_on_cluster.py -q $(PYTEST_ARGS)
 
 bench: services
 	@command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install -y wrk"; exit 1; }

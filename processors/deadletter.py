@@ -191,21 +191,22 @@ async def requeue(redis: Redis, topology: Topology, letter: DeadLetter) -> Settl
     """Send a dead letter back to the group that failed it, once: its source entry becomes
     pending again for that group alone, and deadletter.requeued is appended, in one step.
     Nothing changes unless the outcome is `requeued`."""
-    event = DeadLetterRequeued(
-        session_id=letter.session_id,
-        group=letter.group,
-        dead_letter_id=letter.id,
-        stream=letter.stream,
-        entry_id=letter.entry_id,
-        error=letter.error,
-        code=letter.code,
-    )
+    event = _operator_event(DeadLetterRequeued, letter)
     return await _settle(redis, topology, letter, "requeue", event)
 
 
 async def drop(redis: Redis, topology: Topology, letter: DeadLetter) -> Settled:
     """Delete a dead letter for good and append deadletter.dropped, in one step."""
-    event = DeadLetterDropped(
+    return await _settle(
+        redis, topology, letter, "drop", _operator_event(DeadLetterDropped, letter)
+    )
+
+
+def _operator_event(
+    kind: type[DeadLetterRequeued] | type[DeadLetterDropped], letter: DeadLetter
+) -> DeadLetterRequeued | DeadLetterDropped:
+    """The event an action appends: which dead letter, of which entry, and why it died."""
+    return kind(
         session_id=letter.session_id,
         group=letter.group,
         dead_letter_id=letter.id,
@@ -214,7 +215,6 @@ async def drop(redis: Redis, topology: Topology, letter: DeadLetter) -> Settled:
         error=letter.error,
         code=letter.code,
     )
-    return await _settle(redis, topology, letter, "drop", event)
 
 
 _DONE: dict[str, Outcome] = {"requeue": "requeued", "drop": "dropped"}

@@ -31,6 +31,7 @@ from redis.exceptions import ResponseError
 
 from processors import liveness
 from processors.deadletter import backoff_delay, record_failure
+from zapstream.connections import is_cluster
 from zapstream.envelope import Envelope, decode_entry
 from zapstream.keys import failures_key, partition_of, stream_key
 from zapstream.metrics import Metrics
@@ -45,6 +46,7 @@ FENCED = 0  # ack.lua's answer when another consumer owns the entry (1: acked, 2
 
 # Every Redis call of the runtime is bounded; a blocking read by its BLOCK time plus this.
 REDIS_TIMEOUT_S = 5.0
+CLUSTER_POLL_S = 0.1  # a runner over several partitions of a Redis Cluster asks this often
 ACK_RETRY_S = 0.5
 
 
@@ -145,6 +147,7 @@ class GroupRunner:
         self._keys = {
             s: [stream_key(ctx.topology, s, p) for p in self.partitions] for s in self.spec.streams
         }
+        self._one_tag_a_read = len(self.partitions) > 1 and is_cluster(ctx.redis)
         self._stream_of = {k: s for s, keys in self._keys.items() for k in keys}
         # Read and waiting for a worker; None tells an idle worker to stop.
         self._ready: asyncio.Queue[_Entry | None] = asyncio.Queue()
@@ -304,21 +307,30 @@ class GroupRunner:
 
         XREADGROUP over several streams prefers none, so each stream is read on its own, in
         priority order; only when all are empty does one blocking read wait on all of them.
+        On a Redis Cluster a command names keys of one hash tag: a runner over several
+        partitions (work starts one per partition, so only tests and benches do this) reads
+        them one by one and, instead of blocking, pauses up to CLUSTER_POLL_S.
         """
         redis = self.ctx.redis
         entries: list[_Entry] = []
         if block_ms is None:
             for keys in self._keys.values():
-                async with asyncio.timeout(REDIS_TIMEOUT_S):
-                    reply = await redis.xreadgroup(
-                        self.group,
-                        self.consumer,
-                        dict.fromkeys(keys, ">"),
-                        count=count - len(entries),
-                    )
-                entries += self._entries(reply)
-                if len(entries) >= count:
-                    break
+                for chunk in [[key] for key in keys] if self._one_tag_a_read else [keys]:
+                    async with asyncio.timeout(REDIS_TIMEOUT_S):
+                        reply = await redis.xreadgroup(
+                            self.group,
+                            self.consumer,
+                            dict.fromkeys(chunk, ">"),
+                            count=count - len(entries),
+                        )
+                    entries += self._entries(reply)
+                    if len(entries) >= count:
+                        return entries
+            return entries
+        if self._one_tag_a_read:
+            entries = await self._read(count, None)
+            if not entries:
+                await self._sleep(min(block_ms / 1000, CLUSTER_POLL_S))
             return entries
         all_keys = [k for keys in self._keys.values() for k in keys]
         async with asyncio.timeout(REDIS_TIMEOUT_S + block_ms / 1000):

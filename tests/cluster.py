@@ -72,6 +72,8 @@ class OwnCluster:
         )  # fmt: skip
         for port in self.ports:
             self._wait(partial(_cluster_ok, port))
+        # Every node must know every slot's owner before clients ask any of them.
+        self._wait(partial(_slots_agreed, redis_cli, self.ports[0]))
 
     def stop(self) -> None:
         for process in self.processes:
@@ -124,3 +126,13 @@ def _cluster_ok(port: int) -> bool:
             return b"cluster_state:ok" in sock.recv(4096)
     except OSError:
         return False
+
+
+def _slots_agreed(redis_cli: str, port: int) -> bool:
+    check = subprocess.run(
+        [redis_cli, "--cluster", "check", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=READY_TIMEOUT_S,
+    )
+    return check.returncode == 0 and "All nodes agree about slots configuration" in check.stdout

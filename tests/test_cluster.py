@@ -180,7 +180,7 @@ async def test_on_a_cluster_each_burst_is_one_turn_and_replies_come_once_in_orde
     try:
         await start("serve", "--port", str(port))
         workers = [await start("work") for _ in range(WORKERS)]
-        await start("project", "--projection", "sessions")
+        await start("project")  # sessions, analytics and the archive
         async with httpx.AsyncClient(timeout=30) as http:
             await eventually(lambda: _ready(http, port), timeout=30, interval=0.1)
             writing = Customers(http, f"http://127.0.0.1:{port}/webhook/whatsapp")
@@ -199,8 +199,12 @@ async def test_on_a_cluster_each_burst_is_one_turn_and_replies_come_once_in_orde
             await eventually(lambda: len(graph.texts) >= 2 * SESSIONS, timeout=120, interval=0.1)
             # Nothing more comes: no reply is sent twice (settle everything in flight first).
             await eventually(lambda: _idle(cluster_redis, topology), timeout=60, interval=0.2)
-            # The sessions read model follows all 8 partitions of every stream.
+            # The read models follow all 8 partitions of every stream, and rebuild from them.
             await eventually(lambda: _projected(pg_url), timeout=60, interval=0.2)
+            await eventually(lambda: _reported(env), timeout=60, interval=0.5)
+            assert (await _zapstream(env, "replay", "--projection", "all", "--yes"))[0] == 0
+            assert await _projected(pg_url)
+            assert await _reported(env)
             # The operator's views read the cluster too.
             scraped = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
             inspected = await _inspect(env)
@@ -267,13 +271,31 @@ async def _projected(pg_url: str) -> bool:
     }
 
 
-async def _inspect(env: dict[str, str]) -> Any:
+async def _zapstream(env: dict[str, str], *args: str) -> tuple[int, bytes]:
+    """A one-shot command: its exit status and stdout."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "zapstream", "inspect", "--json", cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        sys.executable, "-m", "zapstream", *args, cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, err.decode()
+    out, _ = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out
+
+
+async def _reported(env: dict[str, str]) -> bool:
+    """The analytics snapshot counts every session, message and reply of the run."""
+    status, out = await _zapstream(env, "report", "--json")
+    if status != 0:
+        return False  # no snapshot published yet
+    found = msgspec.json.decode(out)
+    inbound = SESSIONS * (len(FIRST) + len(SECOND))
+    counts = (found["sessions"], found["messages_in"], found["turns"], found["replies_sent"])
+    return counts == (SESSIONS, inbound, 2 * SESSIONS, 2 * SESSIONS)
+
+
+async def _inspect(env: dict[str, str]) -> Any:
+    status, out = await _zapstream(env, "inspect", "--json")
+    assert status == 0
     return msgspec.json.decode(out)
 
 

@@ -17,11 +17,11 @@ from zapstream.scripts import Script
 from zapstream.topology import Topology, parse_topology
 
 RECORD = Script(Path(__file__).with_name("record.lua"))
-COMPLETIONS = "test:completions"  # entry id -> completions (effect + ack, fenced)
-ATTEMPTS = "test:attempts"  # entry id -> handler starts
-FENCED = "test:fenced"  # entry id -> completions refused by the fence
-ORDER = "test:order"  # list of turn ids in completion order
-TIMES = "test:times:"  # + entry id: list of monotonic-free wall times of attempts
+COMPLETIONS = "test:{p0}:completions"  # entry id -> completions (effect + ack, fenced)
+ATTEMPTS = "test:{p0}:attempts"  # entry id -> handler starts
+FENCED = "test:{p0}:fenced"  # entry id -> completions refused by the fence
+ORDER = "test:{p0}:order"  # list of turn ids in completion order
+TIMES = "test:{p0}:times:"  # + entry id: list of monotonic-free wall times of attempts
 
 
 def topology(groups: dict[str, dict[str, object]], partitions: int = 1) -> Topology:
