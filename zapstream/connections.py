@@ -7,13 +7,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
+import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # Every Redis call is bounded: connecting, each socket read, and waiting for a pooled connection.
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
 CLUSTER_MAX_CONNECTIONS = 1000  # per node
+
+log = structlog.get_logger()
 
 
 @asynccontextmanager
@@ -93,12 +98,17 @@ async def memory(redis: Redis) -> tuple[int, int]:
 
 
 async def _is_cluster(url: str) -> bool:
-    """Ask the node itself (INFO cluster): no setting to get wrong."""
+    """Ask the node itself (INFO cluster): no setting to get wrong. A Redis that does not
+    answer yet is taken for a single one, whose client connects when it is first used: the
+    webhook then starts and answers 503 until Redis does (a cluster must answer at start)."""
     probe = Redis.from_url(
         url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S, socket_timeout=REDIS_SOCKET_TIMEOUT_S
     )
     try:
         info = await probe.info("cluster")
+    except (OSError, RedisConnectionError, RedisTimeoutError) as err:
+        log.warning("redis_unreachable_at_start", error=f"{type(err).__name__}: {err}")
+        return False
     finally:
         await probe.aclose()
     return bool(info.get("cluster_enabled"))

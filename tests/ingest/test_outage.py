@@ -120,3 +120,22 @@ async def test_a_redis_that_may_evict_dedup_records_is_warned_about(
     with capture_logs() as logs:
         await start_webhook(make_settings(redis_url=own_redis.url), make_topology())
     assert not [e for e in logs if e["event"] == "redis_may_evict_dedup_records"]
+
+
+async def test_a_webhook_started_while_redis_is_down_answers_503_then_200(
+    own_redis: OwnRedis,
+    start_webhook: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    make_topology: Callable[..., Topology],
+    http: httpx.AsyncClient,
+) -> None:
+    own_redis.stop()  # nothing listens on its port while the webhook starts
+    webhook = await start_webhook(
+        make_settings(redis_url=own_redis.url), make_topology(webhook={"append_timeout": "2s"})
+    )
+    assert (await post(http, webhook)).status_code == 503
+    ready = await http.get(webhook.url + "/ready")
+    assert ready.status_code == 503 and "redis" in ready.text
+    own_redis.start()
+    assert (await post(http, webhook)).status_code == 200
+    assert await stream_lengths(own_redis.url) == 2  # the body holds two events
