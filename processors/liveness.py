@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
+from zapstream.connections import text
 from zapstream.keys import alive_key, partition_of
 from zapstream.scripts import Script
 from zapstream.topology import GroupSpec, Topology
@@ -98,28 +99,25 @@ async def reclaim(
         )
         if not rows:
             continue
-        owners = sorted({_text(row["consumer"]) for row in rows} - {consumer})
+        owners = sorted({text(row["consumer"]) for row in rows} - {consumer})
         partition = partition_of(key)
         alive = await _alive(redis, topology, group, owners, partition)
         wanted = [
             row
             for row in rows
-            if (_text(row["consumer"]) != consumer and not alive[_text(row["consumer"])])
-            or (
-                _text(row["consumer"]) == consumer
-                and (key, _text(row["message_id"])) not in holding
-            )
+            if (text(row["consumer"]) != consumer and not alive[text(row["consumer"])])
+            or (text(row["consumer"]) == consumer and (key, text(row["message_id"])) not in holding)
         ]
         if not wanted:
             continue
-        deliveries = {_text(row["message_id"]): int(row["times_delivered"]) for row in wanted}
+        deliveries = {text(row["message_id"]): int(row["times_delivered"]) for row in wanted}
         entries: list[Any] = await redis.xclaim(
             key, group, consumer, CLAIM_MIN_IDLE_MS, [row["message_id"] for row in wanted]
         )
         for entry_id, fields in entries:
             if fields is None:
                 continue
-            text_id = _text(entry_id)
+            text_id = text(entry_id)
             claimed.append(
                 Claimed(
                     key=key,
@@ -138,7 +136,7 @@ async def forget_dead_consumers(
     forgotten: list[str] = []
     for key in keys:
         for info in await redis.xinfo_consumers(key, group):
-            name = _text(info["name"])
+            name = text(info["name"])
             if name == consumer or int(info["pending"]) > 0 or int(info["idle"]) < spec.idle * 1000:
                 continue
             if await forget(redis, topology, group, name, key):
@@ -162,7 +160,3 @@ async def _alive(
         pipe.exists(alive_key(topology, group, name, partition))
     results: list[Any] = await pipe.execute()
     return {name: bool(found) for name, found in zip(consumers, results, strict=True)}
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

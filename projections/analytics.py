@@ -56,7 +56,16 @@ from projections.analytics_files import (
 )
 from projections.analytics_rows import entry_order, event_row, fast_row, row_encoder
 from projections.analytics_sql import DERIVED, EVENT_COLUMNS, INSERT_EVENTS, TABLES, VIEWS
-from projections.follower import START, Failure, Item, Moved, RawChunk, decode, entry_fields
+from projections.follower import (
+    LOG_STREAMS,
+    START,
+    Failure,
+    Item,
+    Moved,
+    RawChunk,
+    decode,
+    entry_fields,
+)
 
 log = structlog.get_logger()
 
@@ -93,16 +102,8 @@ class AnalyticsTarget:
     """The analytics read model in the DuckDB file at `path`, this process its one writer."""
 
     name: ClassVar[str] = "analytics"
-    # `operations` too: its events land in `events`, read by no view, and its checkpoint
-    # lets trimming pass.
-    streams: ClassVar[tuple[str, ...]] = (
-        "messages",
-        "statuses",
-        "turns",
-        "replies",
-        "handoffs",
-        "operations",
-    )
+    # `operations` too: its events land in `events`, read by no view.
+    streams: ClassVar[tuple[str, ...]] = LOG_STREAMS
 
     def __init__(
         self,

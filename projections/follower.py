@@ -49,6 +49,9 @@ from zapstream.topology import Topology
 log = structlog.get_logger()
 
 START = "0-0"  # the position before the first entry
+# Every stream zapstream writes. A read model follows them all, even one it takes nothing
+# from (`operations`), so that its checkpoint lets trimming pass there too.
+LOG_STREAMS = ("messages", "statuses", "turns", "replies", "handoffs", "operations")
 BATCH = 2000  # entries per read and per transaction
 BLOCK_MS = 1000  # a follower caught up waits this long for new entries
 CLUSTER_POLL_S = 0.1  # on a Redis Cluster (several hash tags), it asks again this often

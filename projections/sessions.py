@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import asyncpg  # type: ignore[import-untyped]  # no stubs in the dev extra yet
 import structlog
 
-from projections.follower import Failure, Item, Moved, RawChunk, decode, explain
+from projections.follower import LOG_STREAMS, Failure, Item, Moved, RawChunk, decode, explain
 from projections.migrate import (
     Connecting,
     connect,
@@ -110,15 +110,8 @@ class SessionsTarget:
     """
 
     name: ClassVar[str] = "sessions"
-    # `operations` too, though no row comes from it: its checkpoint lets trimming pass.
-    streams: ClassVar[tuple[str, ...]] = (
-        "messages",
-        "statuses",
-        "turns",
-        "replies",
-        "handoffs",
-        "operations",
-    )
+    # `operations` too, though no row comes from it.
+    streams: ClassVar[tuple[str, ...]] = LOG_STREAMS
 
     def __init__(
         self,

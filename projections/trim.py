@@ -25,6 +25,7 @@ import redis.exceptions
 import structlog
 from redis.asyncio import Redis
 
+from zapstream.connections import text
 from zapstream.keys import projections_key, stream_keys
 from zapstream.metrics import Metrics
 from zapstream.topology import Topology
@@ -57,7 +58,7 @@ async def plan_trim(redis: Redis, topology: Topology, stream: str, key: str) -> 
             if retention.max_len is not None:
                 kept: Any = await redis.xrevrange(key, count=retention.max_len)
                 if len(kept) == retention.max_len:
-                    points.append(_text(kept[-1][0]))
+                    points.append(text(kept[-1][0]))
             if retention.max_age is not None:
                 seconds, micros = await redis.time()
                 now_ms = seconds * 1000 + micros // 1000
@@ -135,19 +136,19 @@ async def _needs(redis: Redis, topology: Topology, stream: str, key: str) -> lis
     needs: list[tuple[str, str]] = []
     groups: dict[str, Any] = {}
     if await redis.exists(key):
-        groups = {_text(g["name"]): g for g in await redis.xinfo_groups(key)}
+        groups = {text(g["name"]): g for g in await redis.xinfo_groups(key)}
     declared = [name for name, spec in topology.groups.items() if stream in spec.streams]
     for name in declared:
         if name not in groups:
             needs.append((START, f"group {name} (not created)"))
     for name, group in groups.items():
-        needs.append((_after(_text(group["last-delivered-id"])), f"group {name}"))
+        needs.append((_after(text(group["last-delivered-id"])), f"group {name}"))
         if int(group.get("pending", 0)):
             summary: dict[str, Any] = await redis.xpending(key, name)
             if summary.get("min"):
-                needs.append((_text(summary["min"]), f"group {name} (pending)"))
+                needs.append((text(summary["min"]), f"group {name} (pending)"))
     mirrors = {
-        _text(field): _text(value)
+        text(field): text(value)
         for field, value in (await redis.hgetall(projections_key(topology))).items()
     }
     for name in topology.trimming.projections:
@@ -167,7 +168,3 @@ def _after(entry_id: str) -> str:
 def _order(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

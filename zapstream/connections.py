@@ -62,6 +62,11 @@ async def open_redis(url: str, *, max_connections: int = 64) -> AsyncIterator[Re
         await pool.aclose()
 
 
+def text(value: Any) -> str:
+    """A name or id as Redis answers it (bytes from a client without decode_responses)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def is_cluster(redis: Redis) -> bool:
     """Whether `redis` (from open_redis) is a Redis Cluster client."""
     return isinstance(redis, RedisCluster)

@@ -16,6 +16,8 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
+from zapstream.connections import text
+
 PAGE = 1000
 LAG_COUNT_LIMIT = 100_000
 
@@ -28,10 +30,6 @@ class GroupStats(msgspec.Struct, kw_only=True):
     last_delivered: str  # the group's last-delivered id ("0-0" before any delivery)
     lag: int  # entries not yet delivered to the group
     lag_computed: bool  # Redis reported nil; `lag` was counted here (capped at the limit)
-
-
-def text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def count_after(redis: Redis, key: str, after: str, limit: int | None = None) -> int:

@@ -23,8 +23,8 @@ from processors.deadletter import DeadLetter, read_dead_letters
 from processors.handoff import held_sessions
 from projections.archive import read_checkpoint
 from projections.trim import TrimPlan, plan_trim
-from zapstream.connections import open_redis
-from zapstream.groupstats import GroupStats, group_stats, text
+from zapstream.connections import open_redis, text
+from zapstream.groupstats import GroupStats, group_stats
 from zapstream.keys import alive_key, doubt_key, partition_of, paused_key, stream_key
 from zapstream.settings import Settings
 from zapstream.tables import ago, table

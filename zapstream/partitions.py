@@ -47,5 +47,5 @@ async def check_partitions(settings: Settings, topology: Topology) -> None:
         raise ConfigError(
             f"{settings.config_path}: partitions is {topology.partitions}, but the log at "
             f"REDIS_URL was written with {recorded}: changing the count of a live log is "
-            "refused (README \"Scaling out\": use a new prefix)"
+            'refused (README "Scaling out": use a new prefix)'
         )

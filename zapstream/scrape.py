@@ -17,8 +17,8 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from zapstream.connections import memory
-from zapstream.groupstats import GroupStats, group_stats, text
+from zapstream.connections import memory, text
+from zapstream.groupstats import GroupStats, group_stats
 from zapstream.keys import dead_letter_key, doubt_key, paused_key, projections_key, stream_keys
 from zapstream.topology import Topology
 

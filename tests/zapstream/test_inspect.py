@@ -19,7 +19,8 @@ from redis.asyncio import Redis
 from tests.processors.recording import Options, append, topology
 from tests.processors.workers import Workers
 from tests.waiting import eventually
-from zapstream.groupstats import count_after, text
+from zapstream.connections import text
+from zapstream.groupstats import count_after
 from zapstream.topology import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,21 +51,19 @@ def cli_env(redis_url: str, config: Path, tmp_path: Path) -> dict[str, str]:
     }
 
 
-async def inspect_json(env: dict[str, str]) -> dict[str, Any]:
+async def run_inspect(env: dict[str, str], *args: str) -> str:
+    """`zapstream inspect` as a user runs it; its stdout (exit status 0 required)."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "zapstream",
-        "inspect",
-        "--json",
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+        sys.executable, "-m", "zapstream", "inspect", *args, cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, err.decode()
-    found: dict[str, Any] = json.loads(out)
+    return out.decode()
+
+
+async def inspect_json(env: dict[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(await run_inspect(env, "--json"))
     return found
 
 
@@ -252,19 +251,7 @@ async def test_inspect_renders_a_table_and_watch_redraws(
     await redis.xgroup_create(WORK, "lagging", id="0")
     await redis.xdel(WORK, ids[1])
 
-    once = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "zapstream",
-        "inspect",
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(once.communicate(), 60)
-    assert once.returncode == 0, err.decode()
-    shown = out.decode()
+    shown = await run_inspect(env)
     assert "lagging" in shown and "2*" in shown  # lag counted: one entry deleted
     assert "Redis reports no lag after a deletion" in shown
 
