@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -66,6 +67,7 @@ from projections.follower import (
     decode,
     entry_fields,
 )
+from projections.since import Forgotten
 
 log = structlog.get_logger()
 
@@ -219,6 +221,19 @@ class AnalyticsTarget:
                     f"within {timeout:g}s; it will when it next runs"
                 )
             await asyncio.sleep(0.05)
+
+    async def copy_snapshot(self, live_path: str | Path) -> bool:
+        """A --since replay's start (see since.py): this (rebuild) file made a copy of the last
+        snapshot the live follower published at `live_path`, which carries its checkpoint, its
+        derived relations made views again. False when none was published (then nothing is
+        copied). Called before start()."""
+        return await self._run(self._copy_snapshot, Path(live_path))
+
+    async def forget(self, sessions: set[str]) -> Forgotten:
+        """Delete from this (rebuild) copy the `events` rows of `sessions` and every
+        projection_errors row, for a --since replay to apply their entries again; what was
+        deleted."""
+        return await self._run(self._forget, sorted(sessions))
 
     async def drop(self) -> None:
         """Delete this file and what goes with it (a replay's shadow, when interrupted)."""
@@ -410,6 +425,46 @@ class AnalyticsTarget:
         if self._writer is not None:
             self._writer.close()  # closing the file releases the flock
             self._writer = None
+
+    def _copy_snapshot(self, live: Path) -> bool:
+        if not self.rebuild:
+            raise ValueError("copy_snapshot() is for a replay's copy, not the live file")
+        snapshot = snapshot_path(live)
+        try:
+            shutil.copyfile(snapshot, self.path)
+        except FileNotFoundError:
+            return False
+        con = duckdb.connect(str(self.path), config=self.config)
+        try:
+            found = con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+            tables = {name for (name,) in found}
+            for name in reversed(DERIVED):  # materialized by write_snapshot: views again
+                if name in tables:
+                    con.execute(f"DROP TABLE {name}")
+        finally:
+            con.close()
+        return True
+
+    def _forget(self, sessions: list[str]) -> Forgotten:
+        con = self._open()
+        con.execute("BEGIN TRANSACTION")
+        try:
+            found = con.execute(
+                "SELECT count(DISTINCT session_id) FROM events WHERE session_id <> ''"
+            ).fetchone()
+            con.execute(
+                "DELETE FROM events WHERE session_id IN (SELECT unnest($1::VARCHAR[]))", [sessions]
+            )
+            errors = con.execute("SELECT stream_key, entry_id FROM projection_errors").fetchall()
+            con.execute("DELETE FROM projection_errors")
+            con.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return Forgotten(
+            sessions=int(found[0]) if found else 0,
+            errors=frozenset((key, entry_id) for key, entry_id in errors),
+        )
 
     def _release_for_promotion(self) -> None:
         self._disconnect()

@@ -17,22 +17,32 @@ Follower.catch_up), so it sees the whole history also after trimming. While it r
 trimming (`replay:<projection>:<key>` in the projections hash) at the archive's checkpoint of
 its start, so that nothing between the archive it read and the streams is trimmed meanwhile.
 
-`since` (a time) rebuilds what the events since then touch; today that is computed by
-replaying everything (so it equals a full replay by construction), which costs a full replay.
+`since` (a time) rebuilds only what the events since then touch (since.py): the copy starts
+as a consistent copy of the live model (PostgreSQL: its tables and checkpoint, copied from one
+snapshot; DuckDB: the last snapshot the live follower published, which carries its
+checkpoint), the rows of the touched sessions are deleted from it and their entries applied
+again from the whole history (archive, then streams) up to the copy's checkpoint, and from
+there the copy follows the log and is promoted as a full replay's is. It equals a full replay
+(for the sessions untouched since then, as long as the live model had them right) and costs a
+read of the log plus the touched sessions' work, not a rebuild of every session. With no live
+checkpoint to start from (the model never ran), it is a full replay.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TextIO, cast
 
 from redis.asyncio import Redis
 
 from projections.analytics import AnalyticsTarget
 from projections.archive import ArchiveTarget, archive_source, read_checkpoint
-from projections.follower import START, Follower, Target
+from projections.follower import START, BulkTarget, Follower, Target
 from projections.sessions import SessionsTarget
+from projections.since import Reapply, touched_sessions
 from zapstream.keys import projections_key, stream_keys
 from zapstream.settings import Settings
 from zapstream.topology import Topology
@@ -61,10 +71,12 @@ def shadow_target(name: str, settings: Settings) -> SessionsTarget | AnalyticsTa
 
 
 class ProgressBar:
-    """`sessions  [#####.....]  51%  12,345/24,000  8,100 ev/s  ETA 1s` on one line."""
+    """`sessions  [#####.....]  51%  12,345/24,000  8,100 ev/s  ETA 1s` on one line; a --since
+    replay's adds the entries it re-applied of those it read (`applied`)."""
 
     def __init__(self, name: str, total: int, out: TextIO = sys.stderr) -> None:
         self.name = name
+        self.applied: Callable[[], int] | None = None
         self.total = max(total, 1)
         self.done = 0
         self.out = out
@@ -84,9 +96,10 @@ class ProgressBar:
         share = min(1.0, self.done / self.total)
         left = (self.total - self.done) / rate if rate else 0.0
         bar = "#" * int(share * 30) + "." * (30 - int(share * 30))
+        applied = f"  {self.applied():,} re-applied" if self.applied is not None else ""
         self.out.write(
             f"\r{self.name:<10} [{bar}] {share:4.0%}  {self.done:,}/{self.total:,}  "
-            f"{rate:,.0f} ev/s  ETA {max(left, 0):.0f}s{end}"
+            f"{rate:,.0f} ev/s  ETA {max(left, 0):.0f}s{applied}{end}"
         )
         self.out.flush()
 
@@ -101,11 +114,15 @@ async def replay(
     name: str,
     *,
     progress: bool = True,
+    since: datetime | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> int:
-    """Rebuild projection `name` from the whole log and promote it; the entries applied."""
+    """Rebuild projection `name` from the whole log and promote it; the entries applied. With
+    `since`, only what the events since then touch (the module's doc): the entries applied
+    are then the touched sessions' and those after the live checkpoint. `say` is told what
+    a --since replay rebuilds."""
     shadow = shadow_target(name, settings)
     await shadow.drop()  # what an interrupted replay left behind (works before start)
-    await shadow.start()
     follower = Follower(redis, topology, shadow, mirror=False)
     archived = read_checkpoint(settings.archive_dir)
     keys = [key for stream in shadow.streams for key in stream_keys(topology, stream)]
@@ -114,11 +131,14 @@ async def replay(
     total = sum(archived.extents[key].entries for key in keys if key in archived.extents)
     for key in keys:
         total += int(await redis.xlen(key))
+    source = archive_source(settings.archive_dir, topology)
     bar = ProgressBar(name, total) if progress else None
     try:
-        applied = await follower.catch_up(
-            progress=bar, before=archive_source(settings.archive_dir, topology)
-        )
+        if since is None:
+            await shadow.start()
+            applied = await follower.catch_up(progress=bar, before=source)
+        else:
+            applied = await _since(redis, shadow, follower, since, settings, bar, say)
         if bar is not None:
             bar.total = max(bar.done, 1)  # the archive and the streams overlap
             bar.finish()
@@ -133,3 +153,55 @@ async def replay(
         await redis.hdel(projections_key(topology), *pins)
         await shadow.close()
     return applied
+
+
+async def _since(
+    redis: Redis,
+    shadow: SessionsTarget | AnalyticsTarget,
+    follower: Follower,
+    since: datetime,
+    settings: Settings,
+    bar: ProgressBar | None,
+    say: Callable[[str], None] | None,
+) -> int:
+    """A --since replay's copy, up to its promotion (since.py); the entries applied."""
+    source = archive_source(settings.archive_dir, follower.topology)
+    when = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+    if isinstance(shadow, AnalyticsTarget):
+        copied = await shadow.copy_snapshot(settings.duckdb_path)
+        await shadow.start()
+        checkpoint = await shadow.positions() if copied else {}
+    else:
+        await shadow.start()
+        checkpoint = await shadow.copy_live()
+    if not checkpoint:
+        if say is not None:
+            say(f"{shadow.name}: no live model to start from: a full replay")
+        return await follower.catch_up(progress=bar, before=source)
+    until = await follower.ends()  # what the copy follows to, and where touching ends
+    touched = await touched_sessions(redis, int(when.timestamp() * 1000), until, source)
+    applied = 0
+    if not touched:
+        if say is not None:
+            say(
+                f"{shadow.name}: no session touched since {when.isoformat()}: the live model "
+                "is followed to the log's end and swapped in"
+            )
+    else:
+        forgotten = await shadow.forget(touched)
+        if say is not None:
+            sessions = f"{len(touched):,} session{'' if len(touched) == 1 else 's'}"
+            say(
+                f"{shadow.name}: rebuilding {sessions} touched since {when.isoformat()} "
+                f"(of {forgotten.sessions:,})"
+            )
+        positions = {key: checkpoint.get(key, START) for key in follower.stream_of}
+        reapply = Reapply(cast(BulkTarget, shadow), touched, forgotten, positions)
+        batch: int | None = getattr(shadow, "batch", None)
+        reader = Follower(follower.redis, follower.topology, reapply, batch=batch, mirror=False)
+        if bar is not None:
+            bar.applied = lambda: reapply.applied
+        await reader.catch_up(until=positions, progress=bar, before=source)
+        applied = reapply.applied
+    # From the copy's checkpoint on, every session: as a full replay does.
+    return applied + await follower.catch_up(progress=bar, before=source, until=until)

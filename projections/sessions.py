@@ -52,6 +52,7 @@ from projections.sessions_bulk import (
 )
 from projections.sessions_rows import Rows, to_columns
 from projections.sessions_sql import ARRAY_TYPES, Statements
+from projections.since import Forgotten
 
 log = structlog.get_logger()
 
@@ -314,6 +315,92 @@ class SessionsTarget:
                 await connection.close()
         log.info("projection_promoted", projection=self.name, schema=self.live_schema)
 
+    async def copy_live(self) -> dict[str, str]:
+        """A --since replay's start (see since.py): the live schema's rows and checkpoint
+        copied into this (shadow) schema from one snapshot of the live one (REPEATABLE READ:
+        what the live follower commits meanwhile is in none of the tables), so rows and
+        checkpoint agree. The copied checkpoint; empty when the live model has none (never
+        followed), and then nothing is copied."""
+        if self.schema == self.live_schema:
+            raise ValueError("copy_live() is for a replay's copy, not the live schema")
+        live, s = f'"{self.live_schema}"', f'"{self.schema}"'
+        async with asyncio.timeout(DERIVE_TIMEOUT_S):
+            connection = await _connect(self.database_url)
+            try:
+                async with connection.transaction(isolation="repeatable_read"):
+                    if not await schema_exists(connection, self.live_schema):
+                        return {}
+                    rows = await connection.fetch(f"SELECT * FROM {live}.checkpoint")
+                    if not rows:
+                        return {}
+                    for table in (*TABLES, "checkpoint"):
+                        columns = ", ".join(
+                            f'"{row["column_name"]}"'
+                            for row in await connection.fetch(_COLUMNS, self.schema, table)
+                        )
+                        await connection.execute(
+                            f"INSERT INTO {s}.{table} ({columns}) "
+                            f"SELECT {columns} FROM {live}.{table}",
+                            timeout=DERIVE_TIMEOUT_S,
+                        )
+            finally:
+                await connection.close()
+        return {row["stream_key"]: row["position"] for row in rows}
+
+    async def forget(self, sessions: set[str]) -> Forgotten:
+        """Delete from this (shadow) copy every row of `sessions` (the statuses of their
+        messages included), the statuses of wamids no message has, and every
+        projection_errors row, for a --since replay to apply their entries again (since.py);
+        what was deleted."""
+        if self.schema == self.live_schema:
+            raise ValueError("forget() is for a replay's copy, not the live schema")
+        s, touched = f'"{self.schema}"', sorted(sessions)
+        async with asyncio.timeout(DERIVE_TIMEOUT_S):
+            connection = await _connect(self.database_url)
+            try:
+                async with connection.transaction():
+                    known = await connection.fetchval(
+                        f"SELECT count(*) FROM {s}.sessions", timeout=DERIVE_TIMEOUT_S
+                    )
+                    messages = await connection.fetch(
+                        f"DELETE FROM {s}.messages WHERE session_id = ANY($1::text[]) "
+                        "RETURNING message_id",
+                        touched,
+                        timeout=DERIVE_TIMEOUT_S,
+                    )
+                    wamids = {row["message_id"] for row in messages}
+                    await connection.execute(
+                        f"DELETE FROM {s}.message_statuses WHERE message_id = ANY($1::text[])",
+                        sorted(wamids),
+                        timeout=DERIVE_TIMEOUT_S,
+                    )
+                    # Statuses kept for wamids no message has: of no known session, so
+                    # rebuilt whole (their entries are applied again, whatever session).
+                    orphans = await connection.fetch(
+                        f"""DELETE FROM {s}.message_statuses st WHERE NOT EXISTS (
+                            SELECT 1 FROM {s}.messages m WHERE m.message_id = st.message_id)
+                        RETURNING message_id""",
+                        timeout=DERIVE_TIMEOUT_S,
+                    )
+                    wamids.update(row["message_id"] for row in orphans)
+                    for table in ("turn_messages", "turns", "replies", "handoffs", "sessions"):
+                        await connection.execute(
+                            f"DELETE FROM {s}.{table} WHERE session_id = ANY($1::text[])",
+                            touched,
+                            timeout=DERIVE_TIMEOUT_S,
+                        )
+                    errors = await connection.fetch(
+                        f"DELETE FROM {s}.projection_errors RETURNING stream_key, entry_id",
+                        timeout=DERIVE_TIMEOUT_S,
+                    )
+            finally:
+                await connection.close()
+        return Forgotten(
+            sessions=int(known),
+            messages=frozenset(wamids),
+            errors=frozenset((row["stream_key"], row["entry_id"]) for row in errors),
+        )
+
     async def _derive_all(self) -> None:
         """A bulk copy's derived columns, each table in one set-based statement, in the order
         they depend on each other, on two connections: turns and messages on one, the
@@ -451,6 +538,10 @@ class SessionsTarget:
             await connection.execute(sql.refresh_statuses, touched)
 
 
+# A table's columns, in order (a --since copy names them: the live schema's order may differ).
+_COLUMNS = """
+    SELECT column_name FROM information_schema.columns
+    WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position"""
 # The indexes of a schema that are not unique: what ON CONFLICT never needs.
 _SECONDARY_INDEXES = """
     SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)

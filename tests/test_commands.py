@@ -181,6 +181,10 @@ async def test_a_chat_with_run_a_handoff_and_its_release(
     replayed = cli(running, "replay", "--projection", "all", "--since", "2026-11-01", "--yes")
     assert replayed.returncode == 0, replayed.stderr
     assert "sessions: rebuilt" in replayed.stdout and "analytics: rebuilt" in replayed.stdout
+    # The session began after that day (no zone: UTC): it is the one rebuilt.
+    for name in ("sessions", "analytics"):
+        line = f"{name}: rebuilding 1 session touched since 2026-11-01T00:00:00+00:00 (of 1)"
+        assert line in replayed.stdout, replayed.stdout
     after = await eventually(lambda: _report(running, replies=3), timeout=30, interval=0.2)
     assert after == before
     assert await _sessions(running["DATABASE_URL"]) == rows

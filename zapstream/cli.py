@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--since",
         default=None,
         metavar="ISO8601",
-        help="rebuild what the events since this time touch (equals a full replay)",
+        help="rebuild only the sessions the events since this time touch, from the whole "
+        "history (equals a full replay); a time without a zone is UTC",
     )
     replay.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 

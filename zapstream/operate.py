@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -58,15 +58,23 @@ def replay_names(args: argparse.Namespace) -> list[str]:
     return list(PROJECTIONS) if args.projection == "all" else [args.projection]
 
 
+def replay_since(args: argparse.Namespace) -> datetime | None:
+    """--since as a time (ValueError when it is none); one without a zone is UTC."""
+    if not args.since:
+        return None
+    since = datetime.fromisoformat(args.since)
+    return since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+
+
 def confirm_replay(args: argparse.Namespace) -> int | None:
     """Check --since and ask before a replay; an exit status when it must not go on."""
-    if args.since:
-        try:
-            since = datetime.fromisoformat(args.since)
-        except ValueError:
-            print(f"zapstream: --since: not an ISO 8601 time: {args.since!r}", file=sys.stderr)
-            return 2
-        print(f"rebuilding what the events since {since.isoformat()} touch (a full replay)")
+    try:
+        since = replay_since(args)
+    except ValueError:
+        print(f"zapstream: --since: not an ISO 8601 time: {args.since!r}", file=sys.stderr)
+        return 2
+    if since is not None:
+        print(f"rebuilding what the events since {since.isoformat()} touch")
     if args.yes:
         return None
     if not sys.stdin.isatty():
@@ -84,7 +92,9 @@ async def replay(settings: Settings, topology: Topology, args: argparse.Namespac
     async with open_redis(settings.redis_url) as redis:
         for name in replay_names(args):
             started = time.monotonic()
-            applied = await rebuild(redis, topology, settings, name)
+            applied = await rebuild(
+                redis, topology, settings, name, since=replay_since(args), say=print
+            )
             seconds = time.monotonic() - started
             print(f"{name}: rebuilt from {applied:,} entries in {seconds:.1f}s and swapped in")
     return 0

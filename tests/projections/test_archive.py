@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,12 @@ async def test_append_archive_trim_replay_gives_the_same_models(
         await target.close()
     await _follow(redis, topology, ArchiveTarget(settings.archive_dir, topology))
     await _create_groups(redis, topology)
+    ids = []
+    for stream in topology.streams:
+        for k in stream_keys(topology, stream):
+            ids.extend(entry_id.decode() for entry_id, _ in await redis.xrange(k))
+    ids.sort(key=lambda entry_id: int(entry_id.split("-")[0]))
+    middle = datetime.fromtimestamp(int(ids[len(ids) // 2].split("-")[0]) / 1000, tz=UTC)
 
     await trim(redis, topology)
     lengths = [await redis.xlen(k) for s in topology.streams for k in stream_keys(topology, s)]
@@ -168,12 +175,18 @@ async def test_append_archive_trim_replay_gives_the_same_models(
     for name in ("sessions", "analytics"):
         applied = await replay(redis, topology, settings, name, progress=False)
         assert applied == summary.events + 2
-        target = live_target(name, settings)
-        await target.start()
-        try:
-            assert await target.read_all() == before[name]  # type: ignore[attr-defined]
-        finally:
-            await target.close()
+        await _same_as(name, settings, before[name])
+        # --since reads the archive too: for the sessions touched (every one since the
+        # epoch: each entry is applied again) and for their entries. A time to come touches
+        # nothing (and nothing is left to follow).
+        for since, least, most in (
+            (middle, 1, summary.events - 1),
+            (EPOCH, summary.events + 2, summary.events + 2),
+            (LATER, 0, 0),
+        ):
+            applied = await replay(redis, topology, settings, name, progress=False, since=since)
+            assert least <= applied <= most, (since, applied)
+            await _same_as(name, settings, before[name])
     sessions = live_target("sessions", settings)
     await sessions.start()
     try:
@@ -181,6 +194,19 @@ async def test_append_archive_trim_replay_gives_the_same_models(
     finally:
         await sessions.close()
     assert any("wamid.OLD.1" in row for row in messages)  # the upcast v1 reply.sent
+
+
+EPOCH = datetime.fromtimestamp(0, tz=UTC)
+LATER = datetime(2100, 1, 1)  # no zone: UTC
+
+
+async def _same_as(name: str, settings: Settings, expected: dict[str, Any]) -> None:
+    target = live_target(name, settings)
+    await target.start()
+    try:
+        assert await target.read_all() == expected  # type: ignore[attr-defined]
+    finally:
+        await target.close()
 
 
 def _message(session: str) -> MessageReceived:
