@@ -31,14 +31,9 @@ test: services lint typecheck
 	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 	$(BIN)/python scripts/test_on_cluster.py -q $(PYTEST_ARGS)
 
+# Every bench, then one table of all their figures (bench/ingest needs wrk: apt-get install -y wrk).
 bench: services
-	@command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install -y wrk"; exit 1; }
-	$(BIN)/python bench/ingest
-	$(BIN)/python bench/process
-	$(BIN)/python bench/e2e
-	$(BIN)/python bench/replay
-	$(BIN)/python bench/follow
-	$(BIN)/python bench/scale
+	$(BIN)/python bench/all
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

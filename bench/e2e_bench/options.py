@@ -29,6 +29,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     step_duration: float  # seconds per step
     drain: float  # seconds a run waits, after its last POST, for the missing replies
     numbers: int  # business numbers (phone_number_id) the conversations are spread over
+    work_processes: int  # `zapstream work` processes (every group each)
     celery_pool: str  # the Celery worker's pool
     celery_concurrency: int  # and its concurrency
     quick: bool  # a smoke run: short runs and steps
@@ -76,6 +77,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         "--numbers", type=int, default=8, help="business numbers to spread over (default 8)"
     )
     parser.add_argument(
+        "--work-processes",
+        type=int,
+        default=2,
+        help="`zapstream work` processes (default 2, as the Celery pool's concurrency)",
+    )
+    parser.add_argument(
         "--celery-pool",
         default="prefork",
         choices=("prefork", "threads", "solo"),
@@ -96,7 +103,15 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     for name, full, quick in QUICK_DEFAULTS:
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    for name in ("rate", "duration", "first_rate", "max_rate", "step_duration", "numbers"):
+    for name in (
+        "rate",
+        "duration",
+        "first_rate",
+        "max_rate",
+        "step_duration",
+        "numbers",
+        "work_processes",
+    ):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be above 0")
     return Options(**vars(args))

@@ -21,9 +21,13 @@ RESULT_KEYS = (
     "celery_p50_ms",
     "celery_p99_ms",
     "p99_ms_vs_celery",
+    "direct_p50_ms",
+    "direct_p99_ms",
     "zapstream_max_rate",
     "celery_max_rate",
+    "direct_max_rate",
     "max_rate_vs_celery",
+    "max_rate_vs_direct",
 )
 CPU_COLUMNS = ("server", "standin", "generator", "redis")
 
@@ -103,6 +107,8 @@ def render_report(
         figures[f"{side}_max_rate"] = max_rate_held(results, side)
     figures["p99_ms_vs_celery"] = ratio(figures["zapstream_p99_ms"], figures["celery_p99_ms"])
     figures["max_rate_vs_celery"] = ratio(figures["zapstream_max_rate"], figures["celery_max_rate"])
+    figures["max_rate_vs_direct"] = ratio(figures["zapstream_max_rate"], figures["direct_max_rate"])
+    wanted = MAX_RATE_VS_CELERY_TARGET * figures["celery_max_rate"]
     base = f"{options.rate:g}/s"
     lines = [
         f"## webhook to reply: {options.rate:g} new conversations/s for {options.duration:g} s, "
@@ -129,10 +135,16 @@ def render_report(
         f"Celery's | {figures['zapstream_max_rate']:,.0f}/s vs {figures['celery_max_rate']:,.0f}/s"
         f" = {figures['max_rate_vs_celery']:.2f}x | "
         f"{verdict(figures['max_rate_vs_celery'] >= MAX_RATE_VS_CELERY_TARGET)} |",
+        f"| that rate ({wanted:,.0f}/s) within the machine's ceiling (the direct path's "
+        f"highest rate held) | ceiling {figures['direct_max_rate']:,.0f}/s | "
+        f"{'yes' if figures['direct_max_rate'] >= wanted else 'no: no design holds it here'} |",
         "",
         f"- zapstream: {describe('zapstream', options)}; debounce window 0, send limits that "
         f"never bind, {options.numbers} business numbers, one customer per conversation.",
         f"- celery (peer): {describe('celery', options)}; the task answers by keyword and POSTs.",
+        f"- direct (ceiling): {describe('direct', options)}; the same answer, no log, no queue "
+        "between processes, no worker, no mark-read: no design does less on this harness, so "
+        "its highest rate held is the machine's.",
         "- Latency: the stand-in's arrival of the reply minus the write of the webhook POST, "
         "open-loop. zapstream also sends one mark-read/typing request per turn before the "
         "reply (counted, not timed); the peer sends none. The stand-in posts each reply's "

@@ -1,11 +1,13 @@
-"""The two sides under test, each started fresh for every run on a flushed database.
+"""The sides under test, each started fresh for every run on a flushed database.
 
 Per run: the Graph API stand-in (bench/e2e_peers/standin.py, its own uvicorn process); then
-zapstream: `zapstream serve` (the webhook) and `zapstream work` (every group), two processes,
-as the old design's path has its webhook and its worker (the read models, which `zapstream
-run` would add, are not on the path from webhook to reply); or the peer: the FastAPI webhook
-(bench/e2e_peers/celery_app.py, one uvicorn process) and a Celery worker; then
-the stand-in is told the webhook's URL, where it posts each reply's `sent` status. Logs go to
+zapstream: `zapstream serve` (the webhook) and --work-processes (2) `zapstream work` (every
+group each), as the old design's path has its webhook and a worker with a pool of two
+processes (the read models, which `zapstream run` would add, are not on the path from webhook
+to reply); or the peer: the FastAPI webhook (bench/e2e_peers/celery_app.py, one uvicorn
+process) and a Celery worker; or the ceiling: one webhook process that POSTs each answer from
+the request (bench/e2e_peers/direct_app.py), the least any design can do on this harness;
+then the stand-in is told the webhook's URL, where it posts each reply's `sent` status. Logs go to
 bench/out/e2e-<process>-<run>.log. Every process is stopped when the run ends, whatever
 happened.
 
@@ -35,7 +37,7 @@ from ingest_bench.options import BENCH, OUT
 from ingest_bench.servers import ServerSpec, running_servers, stop
 
 PEERS = BENCH / "e2e_peers"
-SIDES = ("zapstream", "celery")
+SIDES = ("zapstream", "celery", "direct")  # direct: the ceiling (e2e_peers/direct_app.py)
 ACCESS_TOKEN = "bench-token"
 GRAPH_VERSION = "v25.0"
 
@@ -50,7 +52,13 @@ class RunningSide(msgspec.Struct, frozen=True, kw_only=True):
 def describe(side: str, options: Options) -> str:
     """How a side runs, for the report."""
     if side == "zapstream":
-        return "`zapstream serve` + `zapstream work` (every group), one process each (uvloop)"
+        works = options.work_processes
+        return (
+            f"`zapstream serve` + {works} `zapstream work` process{'es' if works > 1 else ''} "
+            "(every group; uvloop)"
+        )
+    if side == "direct":
+        return "one Starlette process (uvicorn, uvloop) POSTing each answer from the request"
     return (
         "FastAPI webhook (uvicorn, uvloop) + `celery worker --pool "
         f"{options.celery_pool} --concurrency {options.celery_concurrency}`, Redis broker"
@@ -78,6 +86,9 @@ def _server_spec(side: str, config: Path, env: dict[str, str], run: str) -> Serv
         return ServerSpec(
             name=f"e2e-zapstream-{run}", argv=argv, env={**env, "ZAPSTREAM_CONFIG": str(config)}
         )
+    if side == "direct":
+        argv = [python, str(PEERS / "direct_app.py")]
+        return ServerSpec(name=f"e2e-direct-{run}", argv=argv, env=env)
     argv = [python, str(PEERS / "celery_app.py")]
     return ServerSpec(name=f"e2e-celery-webhook-{run}", argv=argv, env=env)
 
@@ -149,8 +160,10 @@ def running_side(side: str, options: Options, config: Path, run: str) -> Iterato
         pids = {"server": [server.pid], "standin": [standin.pid]}
         if side == "celery":
             pids["server"].append(stack.enter_context(celery_worker(options, env, run)))
-        else:
-            pids["server"].append(stack.enter_context(zapstream_work(env, config, run)))
+        elif side == "zapstream":
+            for number in range(options.work_processes):
+                work = zapstream_work(env, config, f"{run}-{number}")
+                pids["server"].append(stack.enter_context(work))
         webhook_url = server.url + WEBHOOK_PATH
         where = httpx.post(f"{standin.url}/bench/webhook", params={"url": webhook_url})
         where.raise_for_status()

@@ -19,7 +19,6 @@ import argparse
 import hmac
 import json
 import os
-import re
 import threading
 from typing import Any
 
@@ -28,34 +27,13 @@ from celery import Celery
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 
+from e2e_peers.answers import pick_answer, reply_request, text_messages
 from ingest_peers.serving import add_server_options, serve
-from processors.rules import Rules, load_rules
+from processors.rules import load_rules
 from zapstream.signing import sign
 
 ANSWER_NOTIFICATION = "bench.answer_notification"
 HTTP_TIMEOUT_S = 10.0
-
-
-def pick_answer(rules: Rules, text: str) -> str:
-    """The English answer of the first intent with a keyword among the text's words."""
-    words = set(re.findall(r"\w+", text.lower()))
-    for intent in rules.intents:
-        if words.intersection(intent.keywords):
-            return intent.answer.en
-    return rules.fallback.en
-
-
-def text_messages(payload: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(phone_number_id, sender, text) of every text message of a notification."""
-    found = []
-    for entry in payload.get("entry", []):
-        for change in entry.get("changes", []):
-            value = change.get("value", {})
-            business = value.get("metadata", {}).get("phone_number_id", "")
-            for message in value.get("messages", []):
-                if message.get("type") == "text":
-                    found.append((business, message["from"], message["text"]["body"]))
-    return found
 
 
 def create_celery(broker_url: str, api_url: str, access_token: str) -> Celery:
@@ -77,13 +55,7 @@ def create_celery(broker_url: str, api_url: str, access_token: str) -> Celery:
     @app.task(name=ANSWER_NOTIFICATION, shared=False)  # type: ignore[untyped-decorator]
     def answer_notification(payload: dict[str, Any]) -> None:
         for business, sender, text in text_messages(payload):
-            reply = {
-                "messaging_product": "whatsapp",
-                "recipient_type": "individual",
-                "to": f"+{sender}",
-                "type": "text",
-                "text": {"body": pick_answer(rules, text), "preview_url": False},
-            }
+            reply = reply_request(sender, pick_answer(rules, text))
             response = client().post(
                 f"{api_url.rstrip('/')}/{business}/messages", json=reply, headers=headers
             )
