@@ -4,6 +4,10 @@ The envelope (object, entry, changes, value) must have the documented shape, els
 is not a WhatsApp notification (PayloadError, answered 400). Each message and status stays
 `msgspec.Raw` until decoded on its own, so one bad item becomes `message.rejected` with its
 raw JSON and the reason, and the rest of the body goes on.
+
+Hostile bodies end in one of those two answers, never in another exception: a body that is not
+UTF-8 is not JSON (RFC 8259), and JSON nested past msgspec's depth limit (it raises
+RecursionError, not DecodeError) is refused where it is met.
 """
 
 from __future__ import annotations
@@ -19,6 +23,12 @@ from zapstream.keys import conversation_key
 
 class PayloadError(ValueError):
     """The body is not a WhatsApp notification; nothing of it is appended."""
+
+
+# Meta batches at most 1000 updates in one POST. A body with ten times as many messages and
+# statuses is not one of its notifications; decoding and appending it would take seconds of
+# the event loop and hold Redis in one script.
+MAX_ITEMS = 10_000
 
 
 class _View(msgspec.Struct, frozen=True, kw_only=True):
@@ -181,6 +191,10 @@ _status_decoder = msgspec.json.Decoder(Status)
 _any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
+# What msgspec raises on bytes that are not what a decoder expects: malformed or mistyped JSON
+# (DecodeError), or JSON nested deeper than its recursion limit (RecursionError).
+_UNDECODABLE = (msgspec.DecodeError, RecursionError)
+
 
 # --- what the webhook appends ---------------------------------------------------------------
 
@@ -204,24 +218,56 @@ class Inbound(msgspec.Struct, frozen=True, kw_only=True):
 
 def decode_notification(body: bytes) -> list[Inbound]:
     """Every message and status of a notification, in body order; PayloadError if not one."""
+    _check_utf8(body)
     try:
         notification = _notification_decoder.decode(body)
     except msgspec.DecodeError as err:
         raise PayloadError(f"not a WhatsApp notification: {err}") from err
+    except RecursionError as err:
+        raise PayloadError("not a WhatsApp notification: JSON nested too deeply") from err
     if notification.object != "whatsapp_business_account":
         # A valid notification of another product (Messenger, Instagram): not ours.
         return []
-    items: list[Inbound] = []
+    values: list[Value] = []
     for e, entry in enumerate(notification.entry):
         for c, change in enumerate(entry.changes):
             if change.field != "messages":
                 continue  # template status, quality, account updates: acknowledged, not logged
             try:
-                value = _value_decoder.decode(change.value)
-            except msgspec.DecodeError as err:
-                raise PayloadError(f"entry[{e}].changes[{c}].value: {err}") from err
-            items.extend(_decode_value(value))
+                values.append(_value_decoder.decode(change.value))
+            except _UNDECODABLE as err:
+                raise PayloadError(f"entry[{e}].changes[{c}].value: {_explain(err)}") from err
+    # Counted before any item is decoded: the envelope's decoders only slice the body.
+    count = sum(len(value.messages) + len(value.statuses) for value in values)
+    if count > MAX_ITEMS:
+        raise PayloadError(
+            f"not a WhatsApp notification: {count} messages and statuses, more than "
+            f"{MAX_ITEMS} (Meta batches at most 1000)"
+        )
+    items: list[Inbound] = []
+    for value in values:
+        items.extend(_decode_value(value))
     return items
+
+
+def _check_utf8(body: bytes) -> None:
+    # msgspec checks UTF-8 only in the strings it decodes: invalid bytes in a skipped field or
+    # a Raw item would surface later as UnicodeDecodeError. Meta escapes non-ASCII, so the
+    # ASCII test is the usual, cheap path.
+    if body.isascii():
+        return
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PayloadError(
+            f"not a WhatsApp notification: not UTF-8 ({err.reason} at byte {err.start})"
+        ) from err
+
+
+def _explain(err: Exception) -> str:
+    if isinstance(err, RecursionError):
+        return "JSON nested too deeply"
+    return str(err)
 
 
 def _decode_value(value: Value) -> list[Inbound]:
@@ -230,8 +276,8 @@ def _decode_value(value: Value) -> list[Inbound]:
     metadata_error = ""
     try:
         phone_number_id = _metadata_decoder.decode(value.metadata).phone_number_id
-    except msgspec.DecodeError as err:
-        metadata_error = f"value.metadata: {err}"
+    except _UNDECODABLE as err:
+        metadata_error = f"value.metadata: {_explain(err)}"
     names = _contact_names(value.contacts)
     for raw in value.messages:
         items.append(_decode_message(raw, phone_number_id, metadata_error, names))
@@ -244,7 +290,7 @@ def _contact_names(raw: msgspec.Raw) -> dict[str, str]:
     # Names are a courtesy: a malformed contacts list loses them, never a message.
     try:
         contacts = _contacts_decoder.decode(raw) if bytes(raw) != b"null" else []
-    except msgspec.DecodeError:
+    except _UNDECODABLE:
         return {}
     names: dict[str, str] = {}
     for contact in contacts:
@@ -260,8 +306,8 @@ def _decode_message(
 ) -> Inbound:
     try:
         message = _message_decoder.decode(raw)
-    except msgspec.DecodeError as err:
-        return _rejected(raw, f"message: {err}", phone_number_id)
+    except _UNDECODABLE as err:
+        return _rejected(raw, f"message: {_explain(err)}", phone_number_id)
     if metadata_error:
         return _rejected(raw, metadata_error, phone_number_id)
     customer = message.from_ or message.from_user_id or ""
@@ -306,8 +352,8 @@ def _decode_message(
 def _decode_status(raw: msgspec.Raw, phone_number_id: str, metadata_error: str) -> Inbound:
     try:
         status = _status_decoder.decode(raw)
-    except msgspec.DecodeError as err:
-        return _rejected(raw, f"status: {err}", phone_number_id)
+    except _UNDECODABLE as err:
+        return _rejected(raw, f"status: {_explain(err)}", phone_number_id)
     if metadata_error:
         return _rejected(raw, metadata_error, phone_number_id)
     if not _is_timestamp(status.timestamp):
@@ -339,7 +385,7 @@ def _rejected(raw: msgspec.Raw, reason: str, phone_number_id: str) -> Inbound:
     text = data.decode("utf-8", errors="replace")
     try:
         loose = _any_decoder.decode(data)
-    except msgspec.DecodeError:
+    except _UNDECODABLE:
         loose = None
     fields = loose if isinstance(loose, dict) else {}
 
@@ -378,5 +424,10 @@ def _readable_json(raw: msgspec.Raw) -> str:
     """The item's JSON as text; Meta's `\\uXXXX` escapes become the characters they stand for."""
     data = bytes(raw)
     if b"\\u" in data:
-        data = _encoder.encode(_any_decoder.decode(data))
+        try:
+            data = _encoder.encode(_any_decoder.decode(data))
+        except _UNDECODABLE:
+            # A number past 64 bits or a float's range (1e400), or nesting too deep: valid
+            # JSON that msgspec cannot hold untyped. Kept as sent, escapes and all.
+            pass
     return data.decode("utf-8")

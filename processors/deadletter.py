@@ -45,7 +45,11 @@ class FailureRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 def backoff_delay(backoff: Backoff, failures: int) -> float:
     """Seconds before retry number `failures` (1-based): base * factor^(n-1), at most max."""
-    return float(min(backoff.max, backoff.base * backoff.factor ** max(0, failures - 1)))
+    try:
+        delay = backoff.base * backoff.factor ** max(0, failures - 1)
+    except OverflowError:  # factor^(n-1) past a float's range (max_failures in the thousands)
+        return float(backoff.max)
+    return float(min(backoff.max, delay))
 
 
 async def record_failure(

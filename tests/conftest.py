@@ -21,6 +21,8 @@ import httpx
 import msgspec
 import pytest
 import redis as sync_redis
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from redis.asyncio import Redis
 
 from ingest.app import create_app
@@ -34,6 +36,22 @@ from zapstream.settings import Settings
 from zapstream.topology import Topology, load_topology, parse_topology
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Property tests: `ci`, the default, draws the same examples on every run (derandomize: a
+# failure reproduces without a seed) with no deadline, since two busy cores make per-example
+# timing noise; HYPOTHESIS_PROFILE=dev draws fresh random examples, five times as many.
+hypothesis_settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=200,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+hypothesis_settings.register_profile(
+    "dev", deadline=None, max_examples=1000, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def _with_db(url: str, db: int) -> str:

@@ -6,6 +6,7 @@ exist raises ConfigError naming the file, the key and the reason.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -23,21 +24,33 @@ class Duration(float):
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+# Longer than any window or timeout means, short enough for every timer and Lua number.
+_MAX_SECONDS = 100 * 365 * 86400.0
+# msgspec keeps integers of any size; Redis and Lua take at most 64-bit ones.
+_MAX_INT = 2**63 - 1
 
 
 def parse_duration(value: object) -> Duration:
+    """Seconds from a streams.yaml duration; ValueError (msgspec reports it with the key)
+    for anything else, infinite and NaN included: `.inf` or `9999...d` would pass every
+    `> 0` check and then break the timers and scripts that get it."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as `2s`, `300ms`, `24h` or `7d`")
+    seconds: float | None = None
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return Duration(value)
-    if isinstance(value, str):
+        seconds = float(value) if value <= _MAX_SECONDS else math.inf  # 10**400: no float
+    elif isinstance(value, str):
         match = _DURATION.match(value)
         if match:
             number, unit = match.groups()
-            return Duration(float(number) * _UNITS[unit or "s"])
-    raise ValueError(f"expected a duration such as `2s`, `300ms`, `24h` or `7d`, got {value!r}")
+            seconds = float(number) * _UNITS[unit or "s"]
+    if seconds is None:
+        raise ValueError(f"expected a duration such as `2s`, `300ms`, `24h` or `7d`, got {value!r}")
+    if not seconds <= _MAX_SECONDS:  # also false for NaN
+        raise ValueError(f"a duration must be finite and at most 100 years, got {value!r}")
+    return Duration(seconds)
 
 
 def _dec_hook(type_: type, obj: Any) -> Any:
@@ -177,12 +190,17 @@ def parse_topology(text: bytes | str, *, source: str = "streams.yaml") -> Topolo
         document = msgspec.yaml.decode(text)
     except msgspec.DecodeError as err:
         raise ConfigError(f"{source}: not valid YAML: {err}") from err
+    except Exception as err:
+        # Besides DecodeError, PyYAML's constructors let out whatever their conversions raise:
+        # ValueError (a date like 2001-13-45, an integer of 5000 digits), KeyError (`!!bool`
+        # with no value), IndexError (`!!int` with none), AttributeError (`!!timestamp x`).
+        raise ConfigError(f"{source}: not valid YAML: {type(err).__name__}: {err}") from err
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: (top level): expected a mapping of settings")
     # Streams and groups are decoded one by one so that an error names the group's key
     # (msgspec's path shows a dict key as `[...]`).
     streams = {
-        str(name): _convert(spec or {}, StreamSpec, source, f"streams.{name}")
+        str(name): _convert({} if spec is None else spec, StreamSpec, source, f"streams.{name}")
         for name, spec in _mapping(document.pop("streams", None), source, "streams").items()
     }
     groups = {
@@ -219,18 +237,41 @@ def _describe(err: msgspec.ValidationError, prefix: str) -> str:
     message, _, where = str(err).rpartition(" - at ")
     if not message:
         message, where = str(err), "$"
+    # A mapping's key that is not text comes as "Expected `str` - at `key` in `$.dedup`".
+    key_of = re.fullmatch(r"`key` in `(.*)`", where)
+    if key_of:
+        where = key_of.group(1)
+        message = f"a key is not text ({message})"
     parts = [p for p in (prefix, where.strip("`").removeprefix("$").lstrip(".")) if p]
-    unknown = re.match(r"Object contains unknown field `(.+)`", message)
+    unknown = re.match(r"Object contains unknown field `(.+)`", message, re.S)
     if unknown:
         parts.append(unknown.group(1))
         message = "unknown key"
     return f"{'.'.join(parts) or '(top level)'}: {message}"
 
 
+def _check_numbers(value: object, key: str, fail: Callable[[str, str], None]) -> None:
+    """Every integer fits 64 bits and every float is finite, through nested Structs."""
+    if isinstance(value, msgspec.Struct):
+        for field in msgspec.structs.fields(value):
+            name = f"{key}.{field.encode_name}" if key else field.encode_name
+            _check_numbers(getattr(value, field.name), name, fail)
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            _check_numbers(item, f"{key}.{name}", fail)
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int) and not -_MAX_INT <= value <= _MAX_INT:
+        fail(key, "out of range (at most 2**63 - 1)")
+    elif isinstance(value, float) and not math.isfinite(value):
+        fail(key, "must be a finite number")
+
+
 def _check(topology: Topology, source: str) -> None:
     def fail(key: str, reason: str) -> None:
         raise ConfigError(f"{source}: {key}: {reason}")
 
+    _check_numbers(topology, "", fail)
     if not re.match(r"^[A-Za-z0-9_.-]{1,32}$", topology.prefix):
         fail("prefix", "use 1-32 letters, digits, `_`, `.` or `-`")
     if not 1 <= topology.partitions <= 1024:
@@ -284,6 +325,8 @@ def _check(topology: Topology, source: str) -> None:
         for field in ("block", "idle", "grace", "timeout"):
             if getattr(group, field) <= 0:
                 fail(f"{key}.{field}", "must be longer than zero")
+        if group.backoff.factor <= 0:
+            fail(f"{key}.backoff.factor", "must be greater than zero")
 
 
 def _check_retention(topology: Topology, fail: Callable[[str, str], None]) -> None:

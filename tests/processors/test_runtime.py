@@ -210,3 +210,9 @@ async def test_partitions_are_all_read(redis: Redis) -> None:
 async def test_backoff_schedule(failures: int) -> None:
     backoff = Backoff(base=Duration(0.5), factor=2.0, max=Duration(3.0))
     assert backoff_delay(backoff, failures) == min(3.0, 0.5 * 2 ** (failures - 1))
+
+
+def test_backoff_past_a_floats_range_is_the_max() -> None:
+    # max_failures in the thousands: 2.0 ** 2999 overflows a float, the delay is still `max`.
+    backoff = Backoff(base=Duration(0.5), factor=2.0, max=Duration(3.0))
+    assert backoff_delay(backoff, 3000) == 3.0
