@@ -24,7 +24,11 @@ finding it, it closes the live file, renames the rebuilt file over it, reopens, 
 snapshot, removes the marker, and (from `apply`) raises Moved so that its follower reloads
 the positions of the rebuilt file (after an idle switch, the follower's next batch no longer
 starts at the checkpoint: Moved again). When nobody holds the lock, `promote` does the same
-itself. `promote` returns once the marker is gone.
+itself. `promote` returns once the marker is gone. The snapshot a promotion publishes has
+the derived relations as views (computed as a reader queries them), so that the new model
+is readable at once; the live follower's next snapshot, `snapshot_every` later, has them as
+tables again (at 1,000,000 events, materializing took 1.5-3.7 s, `report` over the views
+about 2 s instead of 0.02 s).
 """
 
 from __future__ import annotations
@@ -377,12 +381,13 @@ class AnalyticsTarget:
         if self._dirty and time.monotonic() - self._published >= pause:
             self._publish()
 
-    def _publish(self) -> None:
+    def _publish(self, *, materialize: bool = True) -> None:
         began = time.monotonic()
-        write_snapshot(self._open(), self.path, self.config)
+        write_snapshot(self._open(), self.path, self.config, materialize=materialize)
         self._published = time.monotonic()
         self._publish_cost = self._published - began
-        self._dirty = False
+        # A snapshot of views (a promotion's) is followed by one of tables at the next tick.
+        self._dirty = not materialize
         log.debug("analytics_snapshot_published", path=str(self.path), took=self._publish_cost)
 
     def _handover(self) -> bool:
@@ -398,7 +403,7 @@ class AnalyticsTarget:
             marker.unlink(missing_ok=True)
             return False
         move_database(rebuilt, self.path)
-        self._publish()
+        self._publish(materialize=False)  # the new model readable now; tables at the next tick
         marker.unlink(missing_ok=True)
         log.info("analytics_promoted", path=str(self.path), rebuilt=str(rebuilt))
         return True

@@ -3,7 +3,10 @@
 Readers. DuckDB lets one process hold a file for writing and no other open it meanwhile, so
 readers never open the live file: the writer copies the file (after a checkpoint) to
 `<path>.snapshot.tmp`, materializes every derived relation in the copy, and renames it over
-`<path>.snapshot` (`write_snapshot`); readers open that read-only.
+`<path>.snapshot` (`write_snapshot`); readers open that read-only. A promotion publishes the
+rebuilt file's copy with its derived relations still views (readers get the new model at
+once, and compute those relations as they read them) and the live follower's next snapshot
+materializes them.
 
 Writer and promotion. Whoever writes a file holds an flock on `<path>.lock` for as long as it
 has the file open (`hold_writer_lock`). A replay's rebuilt file is handed over by writing
@@ -68,28 +71,33 @@ def hold_writer_lock(path: Path) -> IO[str]:
     return lock
 
 
-def write_snapshot(con: duckdb.DuckDBPyConnection, path: Path, config: Config) -> None:
+def write_snapshot(
+    con: duckdb.DuckDBPyConnection, path: Path, config: Config, *, materialize: bool = True
+) -> None:
     """Copy the model into `<path>.snapshot.tmp`, then rename it over `<path>.snapshot`.
 
     The file is checkpointed and copied as it is (no row decoded and encoded again, which
     took most of a replay's promotion), then the copy's views are materialized: a reader
     gets `events`, `checkpoint`, `projection_errors` and every derived relation as tables.
+    Without `materialize` (a promotion's, see analytics.py) the derived relations stay views
+    that a reader computes as it queries them: the same rows, read slower, published at once.
     `con` is the writer's connection to `path`, idle."""
     snapshot, tmp, tmp_wal = snapshot_files(path)
     tmp.unlink(missing_ok=True)
     tmp_wal.unlink(missing_ok=True)
     con.execute("CHECKPOINT")  # everything in the file: no WAL to copy
     shutil.copyfile(path, tmp)
-    copy = duckdb.connect(str(tmp), config=config)
-    try:
-        for name in DERIVED:
-            copy.execute(f"CREATE TABLE {name}_materialized AS SELECT * FROM {name}")
-        for name in reversed(DERIVED):  # a view before those it reads (daily_volume: messages)
-            copy.execute(f"DROP VIEW {name}")
-        for name in DERIVED:
-            copy.execute(f"ALTER TABLE {name}_materialized RENAME TO {name}")
-    finally:
-        copy.close()  # checkpoints the copy: no WAL is left beside it
+    if materialize:
+        copy = duckdb.connect(str(tmp), config=config)
+        try:
+            for name in DERIVED:
+                copy.execute(f"CREATE TABLE {name}_materialized AS SELECT * FROM {name}")
+            for name in reversed(DERIVED):  # a view before those it reads (daily_volume)
+                copy.execute(f"DROP VIEW {name}")
+            for name in DERIVED:
+                copy.execute(f"ALTER TABLE {name}_materialized RENAME TO {name}")
+        finally:
+            copy.close()  # checkpoints the copy: no WAL is left beside it
     os.replace(tmp, snapshot)
 
 
@@ -124,7 +132,8 @@ def promoted_or_swapped(live: Path, config: Config) -> bool:
         con = duckdb.connect(str(live), config=config)
         try:
             con.execute(VIEWS)
-            write_snapshot(con, live, config)
+            # Views, not tables: the next live follower's snapshot materializes them.
+            write_snapshot(con, live, config, materialize=False)
         finally:
             con.close()
         marker.unlink()

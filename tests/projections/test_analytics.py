@@ -457,6 +457,17 @@ async def rebuild(redis: Redis, topology: Topology, path: Path) -> AnalyticsTarg
     return shadow
 
 
+DERIVED_VIEWS = "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY view_name"
+
+
+def _no_derived_views(path: Path) -> bool:
+    con = open_snapshot(path)
+    try:
+        return not con.execute(DERIVED_VIEWS).fetchall()
+    finally:
+        con.close()
+
+
 async def test_promote_hands_a_rebuilt_file_to_the_running_follower(
     redis: Redis, make_topology: Callable[..., Topology], tmp_path: Path
 ) -> None:
@@ -484,6 +495,15 @@ async def test_promote_hands_a_rebuilt_file_to_the_running_follower(
         assert os.stat(live_path).st_ino != inode
         assert not (tmp_path / "analytics.duckdb.next").exists()
         assert not (tmp_path / "analytics.duckdb.rebuild").exists()
+        # Readable at once: the promotion's snapshot has the derived relations as views, the
+        # follower's next one as tables again, and a report reads the same from both.
+        views = await snapshot_rows(live_path, DERIVED_VIEWS)
+        from_views = report(live_path)
+        assert ("turns",) in views
+        await eventually(
+            lambda: asyncio.to_thread(lambda: _no_derived_views(live_path)), timeout=30
+        )
+        assert report(live_path) == from_views
         # The live follower goes on over the rebuilt file, from its checkpoint.
         await append_story(redis, STORY[10:])
         await eventually(lambda: _caught_up(follower, live), timeout=30)
