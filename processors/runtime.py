@@ -27,7 +27,9 @@ from typing import Any
 import msgspec
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from processors import liveness
 from processors.deadletter import backoff_delay, record_failure
@@ -48,6 +50,10 @@ FENCED = 0  # ack.lua's answer when another consumer owns the entry (1: acked, 2
 REDIS_TIMEOUT_S = 5.0
 CLUSTER_POLL_S = 0.1  # a runner over several partitions of a Redis Cluster asks this often
 ACK_RETRY_S = 0.5
+# Redis gone (restarting, failing over): the reader asks again this often, and an entry whose
+# failure could not be recorded is tried again after this long. The process rides it out.
+REDIS_RETRY_S = 0.5
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 
 
 class Retry(Exception):
@@ -184,8 +190,8 @@ class GroupRunner:
 
     async def _serve(self, *, until_idle: bool, deadline: float | None) -> None:
         self._loop_ref = asyncio.get_running_loop()
-        await self._create_groups()
-        await self._beat()
+        if not await self._join():
+            return  # stopped before Redis answered: nothing was read
         background = [
             asyncio.create_task(self._heartbeat(), name=f"{self.group}-heartbeat"),
             asyncio.create_task(self._reclaim_loop(), name=f"{self.group}-reclaim"),
@@ -206,6 +212,21 @@ class GroupRunner:
         finally:
             await self._shutdown(background, acker)
 
+    async def _join(self) -> bool:
+        """Create the group and beat once; while Redis cannot be reached (a worker started
+        during an outage), wait for it as a running one does. False when stopped first."""
+        while not self._stopping:
+            try:
+                await self._create_groups()
+                await self._beat()
+                return True
+            except UNREACHABLE as err:
+                log.warning(
+                    "redis_unreachable", group=self.group, error=f"{type(err).__name__}: {err}"
+                )
+                await self._sleep(REDIS_RETRY_S)
+        return False
+
     async def _loop(self, until_idle: bool, deadline: float | None) -> None:
         # Whether the last read found the streams drained: the next read then blocks at once
         # instead of first asking (and finding nothing) without blocking.
@@ -221,7 +242,9 @@ class GroupRunner:
             if want <= 0 or full:
                 await self._sleep(self._next_due_in())
                 continue
-            entries = [] if drained and not until_idle else await self._read(want, block_ms=None)
+            entries = (
+                [] if drained and not until_idle else await self._read_or_wait(want, block_ms=None)
+            )
             if not entries:
                 if until_idle:
                     if self._idle_here() and await self._group_is_idle():
@@ -232,7 +255,7 @@ class GroupRunner:
                     await self._sleep(self._next_due_in())
                     continue
                 block = min(self.spec.block, self._next_due_in())
-                entries = await self._read(want, block_ms=max(1, int(block * 1000)))
+                entries = await self._read_or_wait(want, block_ms=max(1, int(block * 1000)))
             drained = len(entries) < want
             for entry in entries:
                 self._ready.put_nowait(entry)
@@ -257,8 +280,11 @@ class GroupRunner:
             self._busy += 1
             try:
                 await self._handle(entry, slot)
-            except Exception as err:  # _handle settles every outcome: this is a runtime bug
+            except Exception as err:
+                # _handle settles every outcome, unless Redis fails under it (reading or
+                # recording the entry's failures): the entry, still held, is tried again.
                 log.error("runtime_worker_error", error=f"{type(err).__name__}: {err}")
+                self._schedule(entry, REDIS_RETRY_S)
             finally:
                 self._busy -= 1
                 if self._ready.qsize() < self.spec.concurrency:
@@ -338,6 +364,17 @@ class GroupRunner:
                 self.group, self.consumer, dict.fromkeys(all_keys, ">"), count=count, block=block_ms
             )
         return self._entries(reply)
+
+    async def _read_or_wait(self, count: int, block_ms: int | None) -> list[_Entry]:
+        """_read(), or nothing after a pause when Redis cannot be reached (restarting, failing
+        over): the loop asks again, so the process rides the outage out. Entries a lost reply
+        delivered stay pending for this consumer, and the reclaim loop takes them back."""
+        try:
+            return await self._read(count, block_ms)
+        except UNREACHABLE as err:
+            log.warning("read_failed", group=self.group, error=f"{type(err).__name__}: {err}")
+            await self._sleep(REDIS_RETRY_S)
+            return []
 
     def _entries(self, reply: Any) -> list[_Entry]:
         entries = []

@@ -39,6 +39,8 @@ from typing import Any, ClassVar, Protocol, cast
 import msgspec
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from zapstream.connections import is_cluster, sibling
 from zapstream.envelope import decode_fields
@@ -58,6 +60,7 @@ CLUSTER_POLL_S = 0.1  # on a Redis Cluster (several hash tags), it asks again th
 DECODE_STEP = 200  # entries decoded between two chances for the event loop to serve others
 BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # after transient failures; the last repeats
 REDIS_TIMEOUT_S = 10.0
+REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 
 
 class Item(msgspec.Struct, frozen=True, kw_only=True):
@@ -208,12 +211,23 @@ class Follower:
         self._stopping = True
 
     async def run(self) -> None:
-        """Follow live until stop()."""
-        positions = await self._positions()
+        """Follow live until stop(). While Redis cannot be reached (restarting, failing over)
+        following pauses with backoff, then goes on from the target's checkpoint (a batch
+        committed just before may have missed its mirror)."""
+        positions: dict[str, str] | None = None
+        attempt = 0
         while not self._stopping:
-            items = await self._read(positions, self.block_ms)
-            if items:
-                positions = await self._apply(items, positions)
+            try:
+                if positions is None:
+                    positions = await self._positions()
+                items = await self._read(positions, self.block_ms)
+                if items:
+                    positions = await self._apply(items, positions)
+                attempt = 0
+            except REDIS_UNREACHABLE as err:
+                positions = None
+                await self._backoff(err, attempt)
+                attempt += 1
 
     async def catch_up(
         self,

@@ -1,4 +1,5 @@
-"""`zapstream work` as a real process for tests: started, killed with SIGKILL, restarted."""
+"""`zapstream work` (or another long-running command) as a real process for tests: started,
+killed with SIGKILL, restarted."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Worker:
-    """`zapstream work` processes, one at a time, each logging to its own file."""
+    """`zapstream work` processes (or `command`), one at a time, each logging to its own file."""
 
     def __init__(
         self,
@@ -24,6 +25,7 @@ class Worker:
         groups: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         name: str = "work",
+        command: tuple[str, ...] = ("work",),
     ) -> None:
         self.name = name
         self.env = {
@@ -34,7 +36,7 @@ class Worker:
             "WHATSAPP_API_URL": api_url,
             **(env or {}),
         }
-        self.argv = [sys.executable, "-m", "zapstream", "work"]
+        self.argv = [sys.executable, "-m", "zapstream", *command]
         for group in groups:
             self.argv += ["--group", group]
         self.logs = logs

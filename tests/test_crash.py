@@ -22,18 +22,18 @@ import msgspec
 from redis.asyncio import Redis
 
 from tests.notifications import BUSINESS, SECRET
+from tests.outcomes import all_ended, dead_replies, lost
 from tests.processes import Worker
 from tests.servers import Webhook
 from tests.waiting import eventually
 from zapstream.envelope import decode_fields
-from zapstream.events import ReplySent, TurnReady
+from zapstream.events import ReplySent
 from zapstream.signing import sign
 from zapstream.standin import Answer, GraphStandIn, Received, text_notification
 from zapstream.topology import Topology
 
 SESSIONS = 300
 KILLS = 4
-TERMINAL = {"reply.sent", "reply.superseded", "reply.blocked", "reply.failed"}
 
 
 def crash_topology(make_topology: Callable[..., Topology]) -> Topology:
@@ -93,7 +93,7 @@ async def test_kill_9_at_seeded_moments_loses_nothing_and_sends_nothing_twice(
         async with httpx.AsyncClient(timeout=10) as http:
             plan = _plan(rng)
             await asyncio.gather(*(_customer(http, webhook.url, n, gaps) for n, gaps in plan))
-        turns = await eventually(lambda: _all_settled(redis), timeout=90, interval=0.2)
+        turns = await eventually(lambda: all_ended(redis, SESSIONS), timeout=90, interval=0.2)
     finally:
         worker.stop()
         await graph.close()
@@ -118,14 +118,16 @@ async def test_kill_9_at_seeded_moments_loses_nothing_and_sends_nothing_twice(
     # whose POST never arrived).
     assert doubles == {}, f"sent twice: {doubles}"
     assert len(by_part) == len(sent)  # every reply sent reached the stand-in
-    lost = await _lost(redis)
-    print(f"{len(lost)} replies dead-lettered: their one resend was cut by a later kill too")
-    for part in lost.values():
+    dead = await dead_replies(redis)
+    assert all(reply.part for reply in dead), dead  # only the designed end: nothing else
+    ended_in_doubt = lost(dead)
+    print(f"{len(ended_in_doubt)} replies dead-lettered: their one resend was cut by a kill too")
+    for part in ended_in_doubt.values():
         record = await redis.hgetall(f"zapstream:{{p0}}:send:{part}")
         assert (record[b"state"], record[b"attempts"]) == (b"posting", b"2"), part
         assert part not in by_part  # neither POST reached the stand-in
     in_doubt = await redis.zrange("zapstream:{p0}:doubt", 0, -1)
-    assert sorted(in_doubt) == sorted(part.encode() for part in lost.values())
+    assert sorted(in_doubt) == sorted(part.encode() for part in ended_in_doubt.values())
 
 
 def _plan(rng: random.Random) -> list[tuple[int, list[float]]]:
@@ -150,38 +152,3 @@ async def _customer(http: httpx.AsyncClient, url: str, n: int, gaps: list[float]
 
 async def _replies(redis: Redis) -> list[object]:
     return [decode_fields(f) for _, f in await redis.xrange("zapstream:{p0}:replies")]
-
-
-async def _all_settled(redis: Redis) -> list[tuple[str, str]] | None:
-    """The turns, once every turn has exactly one terminal event; None while any has none.
-    A turn with two terminal events fails at once."""
-    turns = []
-    for _, fields in await redis.xrange("zapstream:{p0}:turns"):
-        event = decode_fields(fields)
-        assert isinstance(event, TurnReady)
-        turns.append((event.session_id, event.turn_id))
-    ends: collections.Counter[tuple[str, str]] = collections.Counter()
-    for _, fields in await redis.xrange("zapstream:{p0}:replies"):
-        kind = fields[b"type"].decode()
-        if kind in TERMINAL:
-            ends[(fields[b"session_id"].decode(), fields[b"turn_id"].decode())] += 1
-    for turn in await _lost(redis):
-        ends[turn] += 1
-    twice = {turn: n for turn, n in ends.items() if n > 1}
-    assert not twice, f"turns with more than one terminal event: {twice}"
-    sessions = {session for session, _ in turns}
-    if len(sessions) < SESSIONS or any(turn not in ends for turn in turns):
-        return None
-    return turns
-
-
-async def _lost(redis: Redis) -> dict[tuple[str, str], str]:
-    """(session, turn) -> part, of the replies dead-lettered still in doubt after their one
-    resend (send.py's `lost`)."""
-    found = {}
-    for _, fields in await redis.xrange("zapstream:{p0}:dead:send"):
-        error = fields[b"dlq_error"].decode()
-        assert "still in doubt after its one resend" in error, error
-        part = error.split("part ", 1)[1].split(" ", 1)[0]
-        found[(fields[b"session_id"].decode(), fields[b"turn_id"].decode())] = part
-    return found

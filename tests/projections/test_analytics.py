@@ -18,11 +18,14 @@ import duckdb
 import msgspec
 import pytest
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from projections.analytics import AnalyticsTarget, SnapshotMissing, open_snapshot
 from projections.follower import Follower, Item, Moved, decode
 from projections.report import FailureCount, Report, report
+from tests.servers import OwnRedis
 from tests.waiting import eventually
+from zapstream.connections import open_redis
 from zapstream.envelope import encode_fields
 from zapstream.events import (
     Event,
@@ -455,6 +458,38 @@ async def rebuild(redis: Redis, topology: Topology, path: Path) -> AnalyticsTarg
     await shadow.start()
     await Follower(redis, topology, shadow).catch_up()
     return shadow
+
+
+async def test_a_live_follower_rides_out_a_redis_restart(
+    own_redis: OwnRedis, make_topology: Callable[..., Topology], tmp_path: Path
+) -> None:
+    # `zapstream project` used to exit on the first read that found Redis gone (the chaos run
+    # saw it on every Redis restart): following pauses with backoff and goes on instead.
+    topology = make_topology()
+    live = AnalyticsTarget(tmp_path / "analytics.duckdb", snapshot_every=0.05)
+    await live.start()
+    async with open_redis(own_redis.url) as redis:
+        follower = Follower(redis, topology, live, batch=5, block_ms=50)
+        with capture_logs() as logs:
+            following = asyncio.create_task(follower.run())
+            try:
+                await append_story(redis, STORY[:10])
+                await eventually(lambda: _caught_up(follower, live), timeout=30)
+                own_redis.stop()  # SIGKILL; AOF with appendfsync always keeps every entry
+                await eventually(
+                    lambda: sum(e["event"] == "projection_retrying" for e in logs) >= 2,
+                    timeout=20,
+                )
+                assert not following.done()
+                own_redis.start()
+                await append_story(redis, STORY[10:])
+                await eventually(lambda: _caught_up(follower, live), timeout=30)
+                assert not following.done()
+                assert await live.read_all() == EXPECTED
+            finally:
+                follower.stop()
+                await asyncio.wait_for(following, timeout=30)
+                await live.close()
 
 
 DERIVED_VIEWS = "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY view_name"
