@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from ingest.app import create_app
 from tests.notifications import SECRET, VERIFY_TOKEN
 from tests.processors.workers import Workers
-from tests.servers import OwnRedis, Webhook
+from tests.servers import OwnPostgres, OwnRedis, Webhook
 from zapstream.connections import open_redis
 from zapstream.logs import configure_logging
 from zapstream.metrics import Metrics
@@ -180,6 +180,19 @@ def workers(redis_url: str, redis: Redis, tmp_path: Path) -> Iterator[Workers]:
     pool = Workers(redis_url, tmp_path)
     yield pool
     pool.stop_all()
+
+
+@pytest.fixture
+def own_pg() -> Iterator[OwnPostgres]:
+    """A private PostgreSQL cluster the test may stop and start; dropped after the test."""
+    if not shutil.which("pg_createcluster"):
+        pytest.fail("pg_createcluster is not installed: this test builds its own cluster")
+    server = OwnPostgres()
+    server.create()
+    try:
+        yield server
+    finally:
+        server.drop()
 
 
 @pytest.fixture

@@ -1,18 +1,20 @@
-"""How each turn ended, read from the log: the checks that the crash test and the chaos run
-share. A turn ends in exactly one terminal event (reply.sent, .superseded, .blocked,
-.failed), or in the send group's dead letters: a reply WhatsApp refused with a code nobody
-knows, or the one designed end that is not an event, a part still in doubt after its one
-resend (send.py's `lost`, see tests/test_crash.py)."""
+"""How each turn ended, read from the log: the checks (and the short-windowed topology) that
+the crash test and the chaos run share. A turn ends in exactly one terminal event
+(reply.sent, .superseded, .blocked, .failed), or in the send group's dead letters: a reply
+WhatsApp refused with a code nobody knows, or the one designed end that is not an event, a
+part still in doubt after its one resend (send.py's `lost`, see tests/test_crash.py)."""
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import NamedTuple
 
 from redis.asyncio import Redis
 
 from zapstream.envelope import decode_fields
 from zapstream.events import TurnReady
+from zapstream.topology import Topology
 
 TERMINAL = {"reply.sent", "reply.superseded", "reply.blocked", "reply.failed"}
 IN_DOUBT = "still in doubt after its one resend"
@@ -21,6 +23,35 @@ REPLIES = "zapstream:{p0}:replies"
 DEAD_SEND = "zapstream:{p0}:dead:send"
 
 Turn = tuple[str, str]  # (session_id, turn_id)
+
+
+def killing_topology(
+    make_topology: Callable[..., Topology],
+    *,
+    idle: str,
+    backoff: tuple[str, str],
+    send: dict[str, str],
+) -> Topology:
+    """Windows short enough that a run with processes killed takes minutes, not hours: a
+    killed consumer's entries are taken over after `idle`, retries wait `backoff` (base, max),
+    send limits never bind."""
+    base, most = backoff
+    group = {"idle": idle, "backoff": {"base": base, "factor": 2, "max": most}}
+    return make_topology(
+        debounce={"quiet": "300ms", "max_wait": "1s"},
+        send=send,
+        rate_limits={
+            "per_number": {"rate": 2000, "per": "1s", "burst": 200},
+            "per_customer": {"rate": 100, "per": "1s", "burst": 10},
+        },
+        groups={
+            "debounce": {"streams": ["messages"], "concurrency": 16, **group},
+            "respond": {"streams": ["turns"], "concurrency": 16, **group},
+            "send": {"streams": ["replies"], "concurrency": 32, **group},
+            "settle": {"streams": ["statuses"], "concurrency": 8, **group},
+            "handoff": {"streams": ["handoffs"], "concurrency": 2, **group},
+        },
+    )
 
 
 class DeadReply(NamedTuple):

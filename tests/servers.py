@@ -1,5 +1,6 @@
-"""Servers a test owns: a redis-server on its own port that the test may stop or pause,
-and the webhook app on uvicorn at 127.0.0.1 on a free port."""
+"""Servers a test owns: a redis-server on its own port that the test may stop or pause, a
+PostgreSQL cluster of its own that it may stop and start, and the webhook app on uvicorn at
+127.0.0.1 on a free port."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import uvicorn
@@ -83,6 +85,40 @@ class OwnRedis:
     def resume(self) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGCONT)
+
+
+PG_VERSION = "15"
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of the test's own (pg_createcluster; root cannot run initdb),
+    trusted on loopback, never the machine's server."""
+
+    def __init__(self) -> None:
+        self.name = f"zs_{uuid.uuid4().hex[:10]}"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/zapstream"
+
+    def create(self) -> None:
+        _pg("pg_createcluster", PG_VERSION, self.name, "-p", str(self.port), "--", "--auth=trust")
+        self.start()
+
+    def start(self) -> None:
+        _pg("pg_ctlcluster", PG_VERSION, self.name, "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Open connections are cut, as when the server goes away; `immediate` is a crash
+        (the next start recovers)."""
+        _pg("pg_ctlcluster", PG_VERSION, self.name, "stop", "-m", mode)
+
+    def drop(self) -> None:
+        _pg("pg_dropcluster", "--stop", PG_VERSION, self.name)
+
+
+def _pg(*argv: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip() or done.stdout.strip()}")
 
 
 class Webhook:

@@ -22,7 +22,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from tests.notifications import BUSINESS, SECRET
-from tests.outcomes import all_ended, dead_replies, lost
+from tests.outcomes import all_ended, dead_replies, killing_topology, lost
 from tests.processes import Worker
 from tests.servers import Webhook
 from tests.waiting import eventually
@@ -37,21 +37,8 @@ KILLS = 4
 
 
 def crash_topology(make_topology: Callable[..., Topology]) -> Topology:
-    group = {"idle": "1s", "backoff": {"base": "50ms", "factor": 2, "max": "1s"}}
-    return make_topology(
-        debounce={"quiet": "300ms", "max_wait": "1s"},
-        send={"timeout": "2s", "doubt": "3s"},
-        rate_limits={
-            "per_number": {"rate": 2000, "per": "1s", "burst": 200},
-            "per_customer": {"rate": 100, "per": "1s", "burst": 10},
-        },
-        groups={
-            "debounce": {"streams": ["messages"], "concurrency": 16, **group},
-            "respond": {"streams": ["turns"], "concurrency": 16, **group},
-            "send": {"streams": ["replies"], "concurrency": 32, **group},
-            "settle": {"streams": ["statuses"], "concurrency": 8, **group},
-            "handoff": {"streams": ["handoffs"], "concurrency": 2, **group},
-        },
+    return killing_topology(
+        make_topology, idle="1s", backoff=("50ms", "1s"), send={"timeout": "2s", "doubt": "3s"}
     )
 
 

@@ -13,8 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from tests.chaos.stack import Stack
-from tests.projections.conftest import OwnPostgres
-from tests.servers import OwnRedis
+from tests.servers import OwnPostgres, OwnRedis
 
 
 @dataclass(frozen=True)

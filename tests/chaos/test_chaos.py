@@ -53,8 +53,7 @@ from tests.chaos.stack import Stack
 from tests.chaos.traffic import Customer, Meta, make_plan
 from tests.notifications import SECRET
 from tests.processes import ROOT
-from tests.projections.conftest import OwnPostgres
-from tests.servers import OwnRedis, Webhook
+from tests.servers import OwnPostgres, OwnRedis, Webhook
 from tests.waiting import eventually
 from zapstream.connections import open_redis
 from zapstream.envelope import decode_fields
@@ -77,21 +76,8 @@ def chaos_topology(make_topology: Callable[..., Topology]) -> Topology:
     """Short windows so that a run is minutes, not hours: a killed consumer's entries are
     taken over after 2 s, a part in doubt waits 8 s for its status (longer than Redis stays
     down, so a status held up by the outage still settles it before any resend)."""
-    group = {"idle": "2s", "backoff": {"base": "100ms", "factor": 2, "max": "2s"}}
-    return make_topology(
-        debounce={"quiet": "300ms", "max_wait": "1s"},
-        send={"timeout": "5s", "doubt": "8s"},
-        rate_limits={
-            "per_number": {"rate": 2000, "per": "1s", "burst": 200},
-            "per_customer": {"rate": 100, "per": "1s", "burst": 10},
-        },
-        groups={
-            "debounce": {"streams": ["messages"], "concurrency": 16, **group},
-            "respond": {"streams": ["turns"], "concurrency": 16, **group},
-            "send": {"streams": ["replies"], "concurrency": 32, **group},
-            "settle": {"streams": ["statuses"], "concurrency": 8, **group},
-            "handoff": {"streams": ["handoffs"], "concurrency": 2, **group},
-        },
+    return outcomes.killing_topology(
+        make_topology, idle="2s", backoff=("100ms", "2s"), send={"timeout": "5s", "doubt": "8s"}
     )
 
 

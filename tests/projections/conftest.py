@@ -1,20 +1,15 @@
 """PostgreSQL fixtures for the projection tests: a fresh database per test on the machine's
-server (`pg`), and a private cluster a test may stop and start (`own_pg`)."""
+server (`pg`). A private cluster a test may stop and start is tests/conftest.py's `own_pg`."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-
-VERSION = "15"
 
 
 def _admin_url() -> str:
@@ -44,61 +39,3 @@ async def pg() -> AsyncIterator[str]:
     name = f"zapstream_test_{uuid.uuid4().hex[:12]}"
     yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
     await _drop_database(admin, name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class OwnPostgres:
-    """A PostgreSQL cluster of the test's own (pg_createcluster), trusted on loopback."""
-
-    def __init__(self) -> None:
-        self.name = f"zs_{uuid.uuid4().hex[:10]}"
-        self.port = _free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/zapstream"
-
-    def create(self) -> None:
-        _run(
-            "pg_createcluster",
-            VERSION,
-            self.name,
-            "-p",
-            str(self.port),
-            "--",
-            "--auth=trust",
-        )
-        self.start()
-
-    def start(self) -> None:
-        _run("pg_ctlcluster", VERSION, self.name, "start")
-
-    def stop(self, mode: str = "fast") -> None:
-        """Open connections are cut, as when the server goes away; `immediate` is a crash
-        (the next start recovers)."""
-        _run("pg_ctlcluster", VERSION, self.name, "stop", "-m", mode)
-
-    def drop(self) -> None:
-        _run("pg_dropcluster", "--stop", VERSION, self.name)
-
-
-def _run(*argv: str) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip() or done.stdout.strip()}")
-
-
-@pytest.fixture
-def own_pg() -> Iterator[OwnPostgres]:
-    """A private cluster the test may stop and start; dropped after the test."""
-    if not shutil.which("pg_createcluster"):
-        pytest.fail("pg_createcluster is not installed: this test builds its own cluster")
-    server = OwnPostgres()
-    server.create()
-    try:
-        yield server
-    finally:
-        server.drop()

@@ -482,6 +482,9 @@ async def test_a_live_follower_rides_out_a_redis_restart(
                 )
                 assert not following.done()
                 own_redis.start()
+                # The pool's connections from before the kill are dead: dropped, so that the
+                # test's own calls below do not meet one (the follower's own calls retry).
+                await redis.connection_pool.disconnect()
                 await append_story(redis, STORY[10:])
                 await eventually(lambda: _caught_up(follower, live), timeout=30)
                 assert not following.done()

@@ -19,8 +19,8 @@ from redis.asyncio import Redis
 
 from projections.follower import Failure, Follower, Item, Moved, decode
 from projections.sessions import MIGRATIONS, SessionsTarget
-from tests.projections.conftest import OwnPostgres
 from tests.projections.history import history
+from tests.servers import OwnPostgres
 from tests.waiting import eventually
 from zapstream.envelope import encode_fields
 from zapstream.events import (
