@@ -34,6 +34,7 @@ about 2 s instead of 0.02 s).
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import shutil
 import threading
@@ -81,7 +82,8 @@ SNAPSHOT_EVERY_S = 5.0
 # Entries per read and transaction for a replay's copy (`rebuild=True`): fewer commits;
 # 1M events rebuilt: 5,000 as fast as 10,000 or 20,000, peak RSS 318 MB (359, 485).
 REBUILD_BATCH = 5_000
-REBUILD_RAW_BATCH = 20_000  # entries per XRANGE and transaction, loaded in bulk
+REBUILD_RAW_BATCH = 20_000  # entries per XRANGE, loaded in bulk
+REBUILD_COMMIT_ROWS = 122_880  # a replay's copy commits this often: one DuckDB row group
 WATCH_S = 0.5  # how often an idle target looks for a promoted file and a due snapshot
 PROMOTE_TIMEOUT_S = 60.0
 # A snapshot copies the whole model: never spend more than about a fifth of the time on it.
@@ -119,12 +121,15 @@ class AnalyticsTarget:
         threads: int = 2,
         snapshot_every: float = SNAPSHOT_EVERY_S,
         rebuild: bool = False,
+        commit_rows: int = REBUILD_COMMIT_ROWS,
     ) -> None:
         """`rebuild`: a replay's copy, which nobody reads before its promotion: it publishes
-        no snapshot (promotion publishes one) and asks its follower for larger batches."""
+        no snapshot (promotion publishes one), asks its follower for larger batches, and
+        commits every `commit_rows` rows (see _transaction)."""
         self.path = Path(path)
         self.config: Config = {"memory_limit": memory_limit, "threads": threads}
         self.rebuild = rebuild
+        self.commit_rows = commit_rows
         self.snapshot_every = math.inf if rebuild else snapshot_every
         if rebuild:
             self.batch = REBUILD_BATCH  # read by Follower
@@ -134,6 +139,7 @@ class AnalyticsTarget:
         self._lock = threading.Lock()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._writer: IO[str] | None = None  # the flock on <path>.lock while the file is ours
+        self._uncommitted = 0  # rows landed in the open transaction (a replay's copy)
         self._dirty = False  # applied since the last snapshot
         self._published = -math.inf  # time.monotonic() of the last snapshot
         self._publish_cost = 0.0  # seconds the last snapshot took
@@ -303,6 +309,7 @@ class AnalyticsTarget:
 
     def _read_all(self) -> dict[str, list[tuple[Any, ...]]]:
         con = self._open()
+        self._commit()
         return {
             name: con.execute(f"SELECT * FROM {name} ORDER BY ALL").fetchall() for name in DERIVED
         }
@@ -324,27 +331,36 @@ class AnalyticsTarget:
         failures: Sequence[Failure],
     ) -> None:
         lines, errors = _rows(items, failures)
-        self._transaction(start, end, lambda con: _land(con, lines, errors))
+        self._transaction(start, end, lambda con: _land(con, lines, errors), len(items))
 
     def _apply_raw(self, chunk: RawChunk, start: dict[str, str], end: dict[str, str]) -> None:
         joined, types = join_chunk(chunk.entries)  # ValueError: the follower applies Items
-        self._transaction(start, end, lambda con: _land_raw(con, chunk, joined, types))
+        land = functools.partial(_land_raw, chunk=chunk, joined=joined, types=types)
+        self._transaction(start, end, land, len(chunk.entries))
 
     def _transaction(
         self,
         start: dict[str, str],
         end: dict[str, str],
         land: Callable[[duckdb.DuckDBPyConnection], None],
+        rows: int,
     ) -> None:
         """In one transaction: check the checkpoint is at `start` (else Moved), land the rows,
-        and move the checkpoint to `end`."""
+        and move the checkpoint to `end`.
+
+        A replay's copy commits every REBUILD_COMMIT_ROWS rows instead (group commit): each
+        DuckDB commit writes its WAL, a large transaction writes its row groups straight to
+        the file, and nobody reads the copy before it is promoted. A failure rolls back every
+        batch since the last commit: the next batch then finds the checkpoint behind its
+        start (Moved) and the follower reads again from there."""
         if self._handover():
             raise Moved(f"{self.path} was replaced by a rebuilt file")
         for key, entry_id in end.items():
             if entry_order(entry_id) < entry_order(start.get(key, START)):
                 raise ValueError(f"the checkpoint of {key} would move back to {entry_id}")
         con = self._open()
-        con.execute("BEGIN TRANSACTION")
+        if not self._uncommitted:
+            con.execute("BEGIN TRANSACTION")
         try:
             stored = dict(con.execute("SELECT stream_key, entry_id FROM checkpoint").fetchall())
             elsewhere = {k: v for k, v in start.items() if stored.get(k, START) != v}
@@ -358,11 +374,21 @@ class AnalyticsTarget:
                     con.execute(
                         "UPDATE checkpoint SET entry_id = ? WHERE stream_key = ?", [entry_id, key]
                     )
-            con.execute("COMMIT")
+            self._uncommitted += max(rows, 1)
+            if not self.rebuild or self._uncommitted >= self.commit_rows:
+                self._commit()
         except BaseException:
+            self._uncommitted = 0
             self._rollback()
             raise
         self._dirty = True
+
+    def _commit(self) -> None:
+        """Commit the open transaction, if any (a replay's copy leaves one open between
+        batches: see _transaction)."""
+        if self._uncommitted and self._con is not None:
+            self._con.execute("COMMIT")
+        self._uncommitted = 0
 
     def _rollback(self) -> None:
         assert self._con is not None
@@ -410,6 +436,7 @@ class AnalyticsTarget:
 
     def _disconnect(self) -> None:
         if self._con is not None:
+            self._commit()
             con, self._con = self._con, None
             try:
                 con.execute("CHECKPOINT")
@@ -452,6 +479,7 @@ class AnalyticsTarget:
 
     def _forget(self, sessions: list[str]) -> Forgotten:
         con = self._open()
+        self._commit()
         con.execute("BEGIN TRANSACTION")
         try:
             found = con.execute(
@@ -479,6 +507,7 @@ class AnalyticsTarget:
             path.unlink(missing_ok=True)
 
     def _drop(self) -> None:
+        self._uncommitted = 0  # rolled back by the close: the file goes anyway
         if self._con is not None:
             self._con.close()
             self._con = None

@@ -309,6 +309,31 @@ async def test_a_batch_not_starting_at_the_checkpoint_is_refused(tmp_path: Path)
         await target.close()
 
 
+async def test_a_replays_copy_commits_in_groups_and_a_failure_rolls_back_to_the_last(
+    tmp_path: Path,
+) -> None:
+    # Group commit: a replay's copy commits every `commit_rows` rows; a batch refused (here a
+    # gap: Moved) rolls back what was landed since the last commit, and the checkpoint says
+    # so, so that the follower reads it again from there.
+    messages = key("messages")
+    one, two, three = [[item] for item in story_items() if item.key == messages][:3]
+    copy = AnalyticsTarget(tmp_path / "analytics.duckdb.rebuild", rebuild=True, commit_rows=2)
+    await copy.start()
+    try:
+        await copy.apply(one, {messages: "0-0"}, {messages: one[0].entry_id})  # open
+        await copy.apply(two, {messages: one[0].entry_id}, {messages: two[0].entry_id})  # 2 rows
+        await copy.apply(three, {messages: two[0].entry_id}, {messages: three[0].entry_id})
+        assert await copy.positions() == {messages: three[0].entry_id}  # its own writes
+        with pytest.raises(Moved):
+            await copy.apply(three, {messages: "1-0"}, {messages: "99999999999999-0"})
+        assert await copy.positions() == {messages: two[0].entry_id}  # the last commit
+        await copy.apply(three, {messages: two[0].entry_id}, {messages: three[0].entry_id})
+        landed = (await copy.read_all())["messages"]
+        assert [row[0] for row in landed] == ["m1", "m2", "m3"]
+    finally:
+        await copy.close()
+
+
 class FollowerProcess:
     """tests/projections/follow_process.py (analytics), started, killed, restarted."""
 
