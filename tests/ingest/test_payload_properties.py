@@ -15,12 +15,12 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from ingest.payload import MAX_ITEMS, Inbound, PayloadError, decode_notification
+from tests.documents import DocPath, at, paths
 from tests.ingest.test_payload import GOOD
 from tests.notifications import envelope, fixture_bytes, text_message, wire
 from zapstream.envelope import encode_fields
 from zapstream.events import MessageReceived, MessageRejected, StatusUpdated
 
-JsonPath = tuple[str | int, ...]
 FIXTURES = {name: json.loads(fixture_bytes(name)) for name in sorted(GOOD)}
 
 # A PayloadError names the body's problem and where it was met.
@@ -78,24 +78,6 @@ json_values = st.recursive(
 huge_strings = st.integers(min_value=10_000, max_value=300_000).map(lambda n: "\u00e9x" * (n // 2))
 
 
-def paths(document: Any, prefix: JsonPath = ()) -> list[JsonPath]:
-    """Every path into a JSON document, the document itself first."""
-    found: list[JsonPath] = [prefix]
-    if isinstance(document, dict):
-        for key, value in document.items():
-            found += paths(value, (*prefix, key))
-    elif isinstance(document, list):
-        for index, value in enumerate(document):
-            found += paths(value, (*prefix, index))
-    return found
-
-
-def at(document: Any, path: JsonPath) -> Any:
-    for step in path:
-        document = document[step]
-    return document
-
-
 def numbers_swapped(value: Any) -> Any:
     """A number sent as a string, or a numeric string sent as a number."""
     if isinstance(value, bool):
@@ -108,7 +90,7 @@ def numbers_swapped(value: Any) -> Any:
 
 
 @st.composite
-def mutated_fixtures(draw: st.DrawFn) -> tuple[str, Any, JsonPath]:
+def mutated_fixtures(draw: st.DrawFn) -> tuple[str, Any, DocPath]:
     """A good fixture with one place changed: retyped, nulled, huge, swapped number, extra key,
     or removed; the path that was changed comes along."""
     name = draw(st.sampled_from(sorted(FIXTURES)))
@@ -216,7 +198,7 @@ def test_arbitrary_json_in_place_of_an_item_is_rejected_alone(name: str, value: 
 
 
 @given(mutated_fixtures())
-def test_a_mutated_fixture_decodes_or_is_refused(case: tuple[str, Any, JsonPath]) -> None:
+def test_a_mutated_fixture_decodes_or_is_refused(case: tuple[str, Any, DocPath]) -> None:
     name, document, path = case
     result = decode(wire(document))
     if isinstance(result, PayloadError) or document.get("object") != "whatsapp_business_account":
@@ -233,7 +215,7 @@ def test_a_mutated_fixture_decodes_or_is_refused(case: tuple[str, Any, JsonPath]
                 assert got.event == want.event
 
 
-def _item_paths(document: Any) -> list[JsonPath]:
+def _item_paths(document: Any) -> list[DocPath]:
     """The paths of the messages and statuses the decoder reads, in its order."""
     return [
         ("entry", e, "changes", c, "value", key, i)

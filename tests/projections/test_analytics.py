@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 from projections.analytics import AnalyticsTarget, SnapshotMissing, open_snapshot
 from projections.follower import Follower, Item, Moved, decode
 from projections.report import FailureCount, Report, report
+from tests.projections.following import caught_up
 from tests.servers import OwnRedis
 from tests.waiting import eventually
 from zapstream.connections import open_redis
@@ -471,12 +472,6 @@ async def test_report_reads_the_snapshot_from_another_process_while_the_follower
         await target.close()
 
 
-async def _caught_up(follower: Follower, target: AnalyticsTarget) -> bool:
-    ends = await follower.ends()
-    positions = await target.positions()
-    return all(positions.get(k, "0-0") == end for k, end in ends.items() if end != "0-0")
-
-
 async def rebuild(redis: Redis, topology: Topology, path: Path) -> AnalyticsTarget:
     shadow = AnalyticsTarget(path)
     await shadow.drop()
@@ -499,7 +494,7 @@ async def test_a_live_follower_rides_out_a_redis_restart(
             following = asyncio.create_task(follower.run())
             try:
                 await append_story(redis, STORY[:10])
-                await eventually(lambda: _caught_up(follower, live), timeout=30)
+                await eventually(lambda: caught_up(follower), timeout=30)
                 own_redis.stop()  # SIGKILL; AOF with appendfsync always keeps every entry
                 await eventually(
                     lambda: sum(e["event"] == "projection_retrying" for e in logs) >= 2,
@@ -511,7 +506,7 @@ async def test_a_live_follower_rides_out_a_redis_restart(
                 # test's own calls below do not meet one (the follower's own calls retry).
                 await redis.connection_pool.disconnect()
                 await append_story(redis, STORY[10:])
-                await eventually(lambda: _caught_up(follower, live), timeout=30)
+                await eventually(lambda: caught_up(follower), timeout=30)
                 assert not following.done()
                 assert await live.read_all() == EXPECTED
             finally:
@@ -542,7 +537,7 @@ async def test_promote_hands_a_rebuilt_file_to_the_running_follower(
     following = asyncio.create_task(follower.run())
     try:
         await append_story(redis, STORY[:10])
-        await eventually(lambda: _caught_up(follower, live), timeout=30)
+        await eventually(lambda: caught_up(follower), timeout=30)
         # Something only the live file has (on a stream the follower does not read): gone
         # once the rebuilt file is in.
         stray = received("stray", "m-stray", T)
@@ -569,7 +564,7 @@ async def test_promote_hands_a_rebuilt_file_to_the_running_follower(
         assert report(live_path) == from_views
         # The live follower goes on over the rebuilt file, from its checkpoint.
         await append_story(redis, STORY[10:])
-        await eventually(lambda: _caught_up(follower, live), timeout=30)
+        await eventually(lambda: caught_up(follower), timeout=30)
         assert "extra" not in await live.positions()
         assert await live.read_all() == EXPECTED
     finally:
@@ -621,7 +616,7 @@ async def test_an_undecodable_entry_is_recorded_once_and_following_goes_on(
         follower = Follower(redis, topology, target, batch=4, block_ms=50)
         following = asyncio.create_task(follower.run())
         try:
-            await eventually(lambda t=target, f=follower: _caught_up(f, t), timeout=30)
+            await eventually(lambda f=follower: caught_up(f), timeout=30)
             assert await target.read_all() == EXPECTED
         finally:
             follower.stop()

@@ -17,18 +17,13 @@ from redis.asyncio import Redis
 from projections.analytics import AnalyticsTarget, open_snapshot
 from projections.follower import Follower
 from projections.replay import live_target, replay
+from tests.projections.following import caught_up, model_rows, same_rows
 from tests.projections.history import key, write_history
 from tests.waiting import eventually
 from zapstream.envelope import encode_fields
 from zapstream.events import MessageReceived, ReplyGenerated, ReplySent
 from zapstream.settings import Settings
 from zapstream.topology import Topology
-
-
-async def _caught_up(follower: Follower) -> bool:
-    ends = await follower.ends()
-    positions = await follower.target.positions()
-    return all(positions.get(key, "0-0") == end for key, end in ends.items() if end != "0-0")
 
 
 @pytest.mark.parametrize("name", ["sessions", "analytics"])
@@ -52,31 +47,19 @@ async def test_live_and_replayed_models_are_equal_row_by_row(
     try:
         summary = await write_history(redis, seed=seed, batch=200)
         assert summary.events > 3000
-        await eventually(lambda: _caught_up(follower), timeout=60, interval=0.1)
-        followed = await _rows(live)
+        await eventually(lambda: caught_up(follower), timeout=60, interval=0.1)
+        followed = await model_rows(live)
         assert followed and any(followed.values())
 
         for _ in range(2):  # replayed twice: the same
             applied = await replay(redis, topology, settings, name, progress=False)
             assert applied == summary.events
             # The live follower goes on over the promoted model, from its checkpoint.
-            await eventually(lambda: _same(live, followed), timeout=30, interval=0.1)
+            await eventually(lambda: same_rows(live, followed), timeout=30, interval=0.1)
     finally:
         follower.stop()
         await asyncio.wait_for(following, timeout=30)
         await live.close()
-
-
-async def _rows(target: Any) -> dict[str, list[tuple[Any, ...]]]:
-    rows: dict[str, list[tuple[Any, ...]]] = await target.read_all()
-    return rows
-
-
-async def _same(target: Any, expected: dict[str, list[tuple[Any, ...]]]) -> bool:
-    try:
-        return await _rows(target) == expected
-    except Exception:  # the model is being switched over: ask again
-        return False
 
 
 def _odd_entries(rng: random.Random) -> list[tuple[str, dict[str, str]]]:
@@ -151,8 +134,8 @@ async def test_a_bulk_replay_equals_following_entry_by_entry(
 
 
 async def _landed(target: Any, settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
-    """_rows(), and for analytics its `events` and `projection_errors` (from a snapshot)."""
-    rows = await _rows(target)
+    """model_rows(), and for analytics its `events` and `projection_errors` (from a snapshot)."""
+    rows = await model_rows(target)
     if isinstance(target, AnalyticsTarget):
         await target.publish()
         with open_snapshot(settings.duckdb_path) as snapshot:

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from projections.follower import Failure, Follower, Item, Moved, decode
 from projections.sessions import MIGRATIONS, SessionsTarget
+from tests.projections.following import caught_up
 from tests.projections.history import history
 from tests.servers import OwnPostgres
 from tests.waiting import eventually
@@ -204,12 +205,6 @@ async def append(redis: Redis, events: Sequence[Event], first: int = 0) -> list[
         pipe.xadd(key(STREAM_OF[type(event)]), encode_fields(event), id=id_)  # type: ignore[arg-type]
     await pipe.execute()
     return ids
-
-
-async def caught_up(follower: Follower) -> bool:
-    ends = await follower.ends()
-    positions = await follower.target.positions()
-    return all(positions.get(k, "0-0") == end for k, end in ends.items() if end != "0-0")
 
 
 async def replayed(pg_url: str, schema: str, redis: Redis, topology: Topology) -> Any:

@@ -26,6 +26,7 @@ from projections.analytics import AnalyticsTarget, open_snapshot
 from projections.analytics_files import hold_writer_lock, write_snapshot
 from projections.follower import Follower
 from projections.replay import live_target, replay
+from tests.projections.following import caught_up, model_rows, same_rows
 from tests.projections.history import START_TS, key, write_history
 from tests.waiting import eventually
 from zapstream.envelope import encode_fields
@@ -108,24 +109,6 @@ async def _write_log(redis: Redis, seed: int) -> Log:
     )
 
 
-async def _caught_up(follower: Follower) -> bool:
-    ends = await follower.ends()
-    positions = await follower.target.positions()
-    return all(positions.get(key, "0-0") == end for key, end in ends.items() if end != "0-0")
-
-
-async def _rows(target: Any) -> dict[str, list[tuple[Any, ...]]]:
-    rows: dict[str, list[tuple[Any, ...]]] = await target.read_all()
-    return rows
-
-
-async def _same(target: Any, expected: dict[str, list[tuple[Any, ...]]]) -> bool:
-    try:
-        return await _rows(target) == expected
-    except Exception:  # the model is being switched over: ask again
-        return False
-
-
 @pytest.mark.parametrize("name", ["sessions", "analytics"])
 async def test_since_equals_a_full_replay_while_live_following_goes_on(
     name: str,
@@ -147,24 +130,24 @@ async def test_since_equals_a_full_replay_while_live_following_goes_on(
     following = asyncio.create_task(follower.run())
     try:
         log = await _write_log(redis, seed)
-        await eventually(lambda: _caught_up(follower), timeout=60, interval=0.1)
+        await eventually(lambda: caught_up(follower), timeout=60, interval=0.1)
         if isinstance(live, AnalyticsTarget):
             await live.publish()  # the snapshot a --since copy starts from
-        followed = await _rows(live)
+        followed = await model_rows(live)
         said: list[str] = []
         applied = await replay(
             redis, topology, settings, name, progress=False, since=log.since, say=said.append
         )
         assert 0 < applied < log.entries
         assert len(said) == 1 and " sessions touched since " in said[0], said
-        await eventually(lambda: _same(live, followed), timeout=30, interval=0.1)
+        await eventually(lambda: same_rows(live, followed), timeout=30, interval=0.1)
         # Live following goes on over the promoted model.
         more = await _write_more(redis)
-        await eventually(lambda: _caught_up(follower), timeout=30, interval=0.1)
+        await eventually(lambda: caught_up(follower), timeout=30, interval=0.1)
         await eventually(lambda: _contains(live, more), timeout=30, interval=0.1)
-        after = await _rows(live)
+        after = await model_rows(live)
         assert await replay(redis, topology, settings, name, progress=False) == log.entries + 1
-        await eventually(lambda: _same(live, after), timeout=30, interval=0.1)
+        await eventually(lambda: same_rows(live, after), timeout=30, interval=0.1)
     finally:
         follower.stop()
         await asyncio.wait_for(following, timeout=30)
@@ -196,7 +179,7 @@ async def _contains(target: Any, wamid: str) -> bool:
                 "SELECT count(*) FROM events WHERE message_id = ?", [wamid]
             ).fetchone()
         return bool(found and found[0])
-    rows = await _rows(target)
+    rows = await model_rows(target)
     return any(row[0] == wamid for row in rows["message_statuses"])
 
 
@@ -276,7 +259,7 @@ async def _landed(name: str, settings: Settings) -> dict[str, list[tuple[Any, ..
         target = live_target(name, settings)
         await target.start()
         try:
-            return await _rows(target)
+            return await model_rows(target)
         finally:
             await target.close()
     with open_snapshot(settings.duckdb_path) as snapshot:
@@ -334,7 +317,7 @@ async def test_an_interrupted_since_leaves_the_live_model_as_it_was(
     await live.start()
     try:
         await Follower(redis, topology, live, batch=500).catch_up()
-        followed = await _rows(live)
+        followed = await model_rows(live)
     finally:
         await live.close()
     async with _promotion_held(name, settings) as waiting:
@@ -349,7 +332,7 @@ async def test_an_interrupted_since_leaves_the_live_model_as_it_was(
     live = live_target(name, settings)
     await live.start()
     try:
-        assert await _rows(live) == followed
+        assert await model_rows(live) == followed
     finally:
         await live.close()
     assert not await _copy_left(name, settings)

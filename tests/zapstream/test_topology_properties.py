@@ -15,6 +15,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.documents import DocPath, at, paths
 from zapstream.settings import ConfigError
 from zapstream.topology import Topology, parse_duration, parse_topology
 
@@ -26,8 +27,6 @@ ERROR = re.compile(rf"^{re.escape(SOURCE)}: (not valid YAML: \S|(?P<key>.+?): \S
 
 # Mappings whose keys are names we choose (a new key is a new stream or group, not a typo).
 NAMED = {("streams",), ("groups",)}
-
-KeyPath = tuple[str | int, ...]
 
 
 def parse(text: str | bytes) -> Topology | ConfigError:
@@ -55,7 +54,7 @@ def assert_numbers_bounded(value: object) -> None:
         assert -(2**63) < value < 2**63, value
 
 
-def dotted(path: KeyPath) -> str:
+def dotted(path: DocPath) -> str:
     """A path as ConfigError writes it: `groups.send.streams[0]`."""
     text = ""
     for step in path:
@@ -92,30 +91,12 @@ yaml_values = st.recursive(
 )
 
 
-def paths(document: Any, prefix: KeyPath = ()) -> list[KeyPath]:
-    found: list[KeyPath] = [prefix] if prefix else []
-    if isinstance(document, dict):
-        for key, value in document.items():
-            found += paths(value, (*prefix, key))
-    elif isinstance(document, list):
-        for index, value in enumerate(document):
-            found += paths(value, (*prefix, index))
-    return found
+BELOW = paths(BASE)[1:]  # every path but the document itself
+LEAVES = [p for p in BELOW if not isinstance(at(BASE, p), dict)]
+SETTINGS_MAPPINGS = [()] + [p for p in BELOW if isinstance(at(BASE, p), dict) and p not in NAMED]
 
 
-def at(document: Any, path: KeyPath) -> Any:
-    for step in path:
-        document = document[step]
-    return document
-
-
-LEAVES = [p for p in paths(BASE) if not isinstance(at(BASE, p), dict)]
-SETTINGS_MAPPINGS = [()] + [
-    p for p in paths(BASE) if isinstance(at(BASE, p), dict) and p not in NAMED
-]
-
-
-def with_value(path: KeyPath, value: Any) -> dict[str, Any]:
+def with_value(path: DocPath, value: Any) -> dict[str, Any]:
     document = copy.deepcopy(BASE)
     at(document, path[:-1])[path[-1]] = value
     return document
@@ -151,14 +132,14 @@ def test_arbitrary_sections_are_a_topology_or_a_config_error(
 
 
 @given(st.sampled_from(LEAVES), st.sampled_from([{"zz": 1}, {}]))
-def test_a_mapping_where_a_value_belongs_names_that_key(path: KeyPath, value: object) -> None:
+def test_a_mapping_where_a_value_belongs_names_that_key(path: DocPath, value: object) -> None:
     result = parse(yaml.safe_dump(with_value(path, value)))
     assert isinstance(result, ConfigError)
     assert key_of(result) == dotted(path), str(result)
 
 
 @given(st.sampled_from(SETTINGS_MAPPINGS), st.text(max_size=12).map(lambda t: "zz" + t))
-def test_an_unknown_key_is_named(path: KeyPath, name: str) -> None:
+def test_an_unknown_key_is_named(path: DocPath, name: str) -> None:
     document = copy.deepcopy(BASE)
     section = at(document, path)
     if name in section:
@@ -171,7 +152,7 @@ def test_an_unknown_key_is_named(path: KeyPath, name: str) -> None:
 
 
 @given(st.sampled_from([p for p in LEAVES if "streams" not in p[-2:]]), yaml_values)
-def test_a_changed_setting_is_accepted_or_its_key_named(path: KeyPath, value: object) -> None:
+def test_a_changed_setting_is_accepted_or_its_key_named(path: DocPath, value: object) -> None:
     """Any value in place of one setting: accepted, or refused naming that setting, the
     section it belongs to (`rate_limits.per_number`), or the key it is checked against."""
     result = parse(yaml.safe_dump(with_value(path, value)))
@@ -185,7 +166,7 @@ def test_a_changed_setting_is_accepted_or_its_key_named(path: KeyPath, value: ob
 
 # Settings checked against another: an error may name the other key.
 _RETENTIONS = tuple(f"streams.{s}.retention" for s in BASE["streams"])
-_CHECKED_AGAINST: dict[KeyPath, tuple[str, ...]] = {
+_CHECKED_AGAINST: dict[DocPath, tuple[str, ...]] = {
     ("debounce", "quiet"): ("debounce.max_wait",),
     ("trimming", "projections"): _RETENTIONS,
     **{("trimming", "projections", i): _RETENTIONS for i in range(3)},
@@ -211,7 +192,7 @@ yaml_literals = st.one_of(
 
 @given(st.sampled_from(LEAVES), yaml_literals)
 def test_a_yaml_literal_anywhere_is_a_topology_or_a_config_error(
-    path: KeyPath, literal: str
+    path: DocPath, literal: str
 ) -> None:
     text = yaml.safe_dump(with_value(path, "PLACEHOLDER"))
     parse(text.replace("PLACEHOLDER", literal))
