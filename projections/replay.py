@@ -40,7 +40,7 @@ from redis.asyncio import Redis
 
 from projections.analytics import AnalyticsTarget
 from projections.archive import ArchiveTarget, archive_source, read_checkpoint
-from projections.follower import START, BulkTarget, Follower, Target
+from projections.follower import START, BulkTarget, Follower, Source, Target
 from projections.sessions import SessionsTarget
 from projections.since import Reapply, touched_sessions
 from zapstream.keys import projections_key, stream_keys
@@ -138,7 +138,7 @@ async def replay(
             await shadow.start()
             applied = await follower.catch_up(progress=bar, before=source)
         else:
-            applied = await _since(redis, shadow, follower, since, settings, bar, say)
+            applied = await _since(redis, shadow, follower, since, settings, source, bar, say)
         if bar is not None:
             bar.total = max(bar.done, 1)  # the archive and the streams overlap
             bar.finish()
@@ -161,11 +161,12 @@ async def _since(
     follower: Follower,
     since: datetime,
     settings: Settings,
+    source: Source,
     bar: ProgressBar | None,
     say: Callable[[str], None] | None,
 ) -> int:
-    """A --since replay's copy, up to its promotion (since.py); the entries applied."""
-    source = archive_source(settings.archive_dir, follower.topology)
+    """A --since replay's copy, up to its promotion (since.py); the entries applied. `source`
+    reads the archive, before the streams."""
     when = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
     if isinstance(shadow, AnalyticsTarget):
         copied = await shadow.copy_snapshot(settings.duckdb_path)
