@@ -16,6 +16,8 @@ from pathlib import Path
 import uvicorn
 from starlette.types import ASGIApp
 
+from zapstream.run import KEEP_ALIVE_S
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -142,7 +144,12 @@ class Webhook:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+            timeout_keep_alive=KEEP_ALIVE_S,  # as `zapstream serve`: clients close idle ones
         )
         self.server = uvicorn.Server(config)
         self.task = asyncio.create_task(self.server.serve(sockets=[sock]))

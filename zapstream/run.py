@@ -51,6 +51,7 @@ T = TypeVar("T")
 
 HTTP_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 2.0
+KEEP_ALIVE_S = 30  # an idle HTTP connection is closed after this (uvicorn's default: 5 s)
 RUN_BATCH = 500  # entries per stream key per batch for the followers of `zapstream run`
 BASE_CONNECTIONS = 64
 
@@ -147,15 +148,7 @@ async def project(
         checks = [_answers(follower.target) for follower in followers]
         app = Starlette(routes=probe_routes(lambda request: redis, topology, checks))
         app.state.metrics = metrics
-        probes = (
-            EmbeddedServer(
-                uvicorn.Config(
-                    app, host="0.0.0.0", port=metrics_port, log_config=None, access_log=False
-                )
-            )
-            if metrics_port
-            else None
-        )
+        probes = _embedded(app, "0.0.0.0", metrics_port) if metrics_port else None
 
         trimmer = Trimmer(redis, topology, metrics)
 
@@ -305,14 +298,28 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
+def _embedded(app: Any, host: str, port: int, **options: Any) -> EmbeddedServer:
+    """An EmbeddedServer of `app`: no log config or access log of uvicorn's own (structlog
+    logs), and idle connections kept KEEP_ALIVE_S, longer than clients keep theirs (httpx,
+    Prometheus: 5 s or less), so that the client closes an idle connection, never the server
+    just as the client sends a request on it (which the client sees as a failed request)."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        **options,
+    )
+    return EmbeddedServer(config)
+
+
 def _webhook_server(
     settings: Settings, topology: Topology, metrics: Metrics, host: str, port: int
 ) -> uvicorn.Server:
     app = create_app(settings, topology, metrics)
-    config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=10
-    )
-    return EmbeddedServer(config)
+    return _embedded(app, host, port, timeout_graceful_shutdown=10)
 
 
 async def serve(settings: Settings, topology: Topology, host: str, port: int) -> int:
@@ -328,5 +335,4 @@ async def serve(settings: Settings, topology: Topology, host: str, port: int) ->
 def _probe_server(ctx: HandlerContext, port: int) -> uvicorn.Server:
     app = Starlette(routes=probe_routes(lambda request: ctx.redis, ctx.topology))
     app.state.metrics = ctx.metrics
-    config = uvicorn.Config(app, host="0.0.0.0", port=port, log_config=None, access_log=False)
-    return EmbeddedServer(config)
+    return _embedded(app, "0.0.0.0", port)
