@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from processors.runtime import Delivery, HandlerContext
+from processors.runtime import ACKED, Delivery, HandlerContext
 from processors.turns import session_ttl
 from zapstream.events import MessageReceived
 from zapstream.keys import (
@@ -29,6 +29,7 @@ from zapstream.scripts import Script
 from zapstream.topology import Topology
 
 DEBOUNCE = Script(Path(__file__).with_name("debounce.lua"))
+DUE = Script(Path(__file__).with_name("due.lua"))
 log = structlog.get_logger()
 
 # Reactions and system notices are not questions: they neither open nor extend a turn.
@@ -60,13 +61,13 @@ def _call(
     ]
 
 
-async def on_message_received(ctx: HandlerContext, delivery: Delivery) -> None:
+async def on_message_received(ctx: HandlerContext, delivery: Delivery) -> str | None:
     """Add a message to its session's burst; close what is due; ack, in one script."""
     event = delivery.envelope.event
     if not isinstance(event, MessageReceived) or event.kind in NEVER_OPENS:
-        return
+        return None
     if not event.session_id:
-        return  # no session, no conversation to answer
+        return None  # no session, no conversation to answer
     # What the customer wrote is theirs: it is logged at debug level only.
     log.debug("message_buffered", kind=event.kind, data=event.data)
     entry_id = delivery.envelope.entry_id
@@ -90,17 +91,16 @@ async def on_message_received(ctx: HandlerContext, delivery: Delivery) -> None:
         ],
     )
     # -1: another consumer took the entry over; the runtime's fenced ack says so.
-    await DEBOUNCE.run(ctx.redis, keys, args)
+    emitted = await DEBOUNCE.run(ctx.redis, keys, args)
+    return None if emitted == -1 else ACKED
 
 
 async def close_due_windows(ctx: HandlerContext, group: str, partitions: Sequence[int]) -> None:
     """Close the turns that are due in these partitions (any worker may; each closes once)."""
     redis = ctx.redis
-    seconds, micros = await redis.time()
-    now_ms = seconds * 1000 + micros // 1000
     for partition in partitions:
-        sessions: list[Any] = await redis.zrangebyscore(
-            due_key(ctx.topology, partition), "-inf", now_ms, start=0, num=CLOSE_PER_TICK
+        sessions: list[Any] = await DUE.run(
+            redis, [due_key(ctx.topology, partition)], [CLOSE_PER_TICK]
         )
         if not sessions:
             continue

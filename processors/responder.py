@@ -17,7 +17,7 @@ from redis.asyncio.client import Pipeline
 
 from ingest.payload import Message
 from processors.graph import Graph
-from processors.runtime import REDIS_TIMEOUT_S, Delivery, HandlerContext, Retry
+from processors.runtime import ACKED, REDIS_TIMEOUT_S, Delivery, HandlerContext, Retry
 from processors.turns import (
     STATE_FIELDS,
     Claim,
@@ -47,6 +47,7 @@ log = structlog.get_logger()
 ORDER_WAIT_S = 0.05
 # The typing indicator is a courtesy: it never holds a turn up for longer than this.
 TYPING_TIMEOUT_S = 2.0
+TYPING_MARK_S = 60  # how long a turn's typing marker (typing shown once) is kept
 
 
 class Prompt(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,6 +67,9 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Responder(Protocol):
+    """Answers a turn. A responder whose `costly` is False (rules) has its answers stored
+    with their claim only; any other's are stored the moment they arrive (responder.py)."""
+
     async def answer(self, prompt: Prompt) -> Answer: ...
 
 
@@ -94,30 +98,37 @@ def describe(message: MessageReceived) -> str:
 _answer_decoder = msgspec.json.Decoder(Answer)
 
 
-async def on_turn_ready(ctx: HandlerContext, delivery: Delivery) -> None:
+async def on_turn_ready(ctx: HandlerContext, delivery: Delivery) -> str | None:
     """Answer a turn once the session's previous turn is settled; claim or supersede it."""
     turn = delivery.envelope.event
     if not isinstance(turn, TurnReady):
-        return
+        return None
     topology, redis = ctx.topology, ctx.redis
     partition = partition_for(
         conversation_key(turn.phone_number_id, turn.customer), topology.partitions
     )
     number = int(turn.turn_id)
     # One round trip for what a turn usually needs: the session's state, a stored answer,
-    # the AI's context, and the turn's own messages.
-    cached = reply_key(topology, turn.session_id, turn.turn_id, partition)
+    # the AI's context, the turn's own messages, and the turn's typing marker (set here, so
+    # that typing shows once per turn).
+    typing = typing_key(topology, turn.session_id, turn.turn_id, partition)
+    can_type = _can_type(ctx)
     pipe = redis.pipeline(transaction=False)
     pipe.hmget(session_key(topology, turn.session_id, partition), STATE_FIELDS)
-    pipe.get(cached)
+    pipe.get(reply_key(topology, turn.session_id, turn.turn_id, partition))
     pipe.lrange(context_key(topology, turn.session_id, partition), 0, -1)
+    if can_type:
+        pipe.set(typing, 1, ex=TYPING_MARK_S, nx=True)
     _read_entries(pipe, topology, partition, turn.entry_ids)
     async with asyncio.timeout(REDIS_TIMEOUT_S):
         values, stored, context, *found = await pipe.execute()
+    first_try = bool(found.pop(0)) if can_type else False
     state = parse_state(values)
     if state.answered >= number:
-        return  # settled before (a redelivery)
+        return None  # settled before (a redelivery)
     if state.answered < number - 1:
+        if first_try:  # typing shows when this turn's time comes
+            await redis.delete(typing)
         raise Retry(ORDER_WAIT_S, reason=f"turn {number} waits for turn {number - 1}")
 
     entry_ids = state.unanswered + turn.entry_ids
@@ -130,15 +141,15 @@ async def on_turn_ready(ctx: HandlerContext, delivery: Delivery) -> None:
         hold = "handoff"  # a human has the conversation: no AI call
     elif newest and time.time() - newest >= topology.send.window:
         hold = "window_closed"  # no free-form reply may be sent: do not ask the AI
-    answer = Answer(body="")
+    answer, store = Answer(body=""), b""
     if not hold:
         # Typing shows while the AI works; the claim waits for it, so that the indicator
         # never reaches the customer after the reply.
-        typing = asyncio.create_task(_show_typing(ctx, turn, partition, messages))
+        shown = asyncio.create_task(_show_typing(ctx, turn, messages, first_try))
         try:
-            answer = await _answer(ctx, turn, messages, stored, context)
+            answer, store = await _answer(ctx, turn, messages, stored, context)
         finally:
-            await typing
+            await shown
     arrivals = [int(e.split("-", 1)[0]) for e in entry_ids]  # entry ids' ms
     claim = Claim(
         group=delivery.group,
@@ -159,10 +170,13 @@ async def on_turn_ready(ctx: HandlerContext, delivery: Delivery) -> None:
         received_ms=max(arrivals, default=0),
         handoff=answer.handoff,
         hold=hold,
+        answer=store,
     )
     outcome = await settle_turn(redis, topology, partition, claim)
     if outcome == "wait":
         raise Retry(ORDER_WAIT_S, reason=f"turn {number} waits for turn {number - 1}")
+    if outcome == "fenced":
+        return None  # the runtime's fenced ack counts it
     _count_settled(ctx.metrics, outcome, claim, len(turn.message_ids))
     log.info(
         "turn_settled",
@@ -172,6 +186,7 @@ async def on_turn_ready(ctx: HandlerContext, delivery: Delivery) -> None:
         handoff=answer.handoff,
         hold=hold,
     )
+    return ACKED  # turns.lua acked the turn.ready entry with its outcome
 
 
 def _count_settled(metrics: Metrics, outcome: Outcome, claim: Claim, merged: int) -> None:
@@ -194,11 +209,14 @@ async def _answer(
     messages: list[MessageReceived],
     stored: bytes | None,
     context: list[bytes],
-) -> Answer:
-    """The turn's answer: the stored one if the AI completed it before, else a new one,
-    stored before it is claimed so that a crash after this never calls the AI again."""
+) -> tuple[Answer, bytes]:
+    """The turn's answer, and what the claim is to store of it (empty: stored already).
+
+    The stored one if the AI completed it before, else a new one. A new answer is stored by
+    the claim (turns.lua) before its reply.generated; one from a costly responder (an AI) is
+    stored at once too, so that a crash before the claim does not pay for it again."""
     if stored is not None:
-        return _answer_decoder.decode(stored)
+        return _answer_decoder.decode(stored), b""
     topology, redis = ctx.topology, ctx.redis
     prompt = Prompt(
         session_id=turn.session_id,
@@ -209,30 +227,37 @@ async def _answer(
     )
     answer: Answer = await ctx.responder.answer(prompt)
     ctx.metrics.ai_tokens.inc(answer.tokens)
+    encoded = msgspec.json.encode(answer)
+    if not getattr(ctx.responder, "costly", True):
+        return answer, encoded
     partition = partition_for(
         conversation_key(turn.phone_number_id, turn.customer), topology.partitions
     )
     cached = reply_key(topology, turn.session_id, turn.turn_id, partition)
-    if not await redis.set(cached, msgspec.json.encode(answer), ex=session_ttl(topology), nx=True):
+    if not await redis.set(cached, encoded, ex=session_ttl(topology), nx=True):
         answer = _answer_decoder.decode(await redis.get(cached) or b"")
-    return answer
+    return answer, b""
+
+
+def _can_type(ctx: HandlerContext) -> bool:
+    """Typing needs the send settings: a worker without an access token (or without a Cloud
+    API client) skips it."""
+    return ctx.graph is not None and bool(ctx.settings.access_token)
 
 
 async def _show_typing(
-    ctx: HandlerContext, turn: TurnReady, partition: int, messages: list[MessageReceived]
+    ctx: HandlerContext, turn: TurnReady, messages: list[MessageReceived], first_try: bool
 ) -> None:
-    """Mark the turn's messages read and show typing, once per turn, while the AI works.
-
-    A courtesy: a failure is logged and the turn goes on. Needs the send settings; a worker
-    without an access token (or without an HTTP client) skips it."""
-    if not (messages and ctx.http is not None and ctx.settings.access_token):
+    """Mark the turn's messages read and show typing, once per turn (the first try set the
+    turn's typing marker), while the AI works. A courtesy: a failure is logged and the turn
+    goes on."""
+    if not (messages and first_try):
         return
-    key = typing_key(ctx.topology, turn.session_id, turn.turn_id, partition)
-    if not await ctx.redis.set(key, 1, ex=60, nx=True):
-        return
-    graph = Graph(ctx.http, ctx.settings, TYPING_TIMEOUT_S)
+    graph: Graph = ctx.graph
     try:
-        await graph.mark_read(turn.phone_number_id, messages[-1].message_id, typing=True)
+        await graph.mark_read(
+            turn.phone_number_id, messages[-1].message_id, typing=True, timeout=TYPING_TIMEOUT_S
+        )
     except Exception as err:  # the answer matters, the indicator does not
         log.warning("typing_failed", error=f"{type(err).__name__}: {err}")
 

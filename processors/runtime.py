@@ -5,6 +5,8 @@ its streams with XREADGROUP in priority order, runs up to `concurrency` handlers
 settles each entry by the handler's outcome:
 
     return            done: the entry is acked (fenced: only while this consumer owns it)
+    return ACKED      done, and the handler's own script acked the entry with its effect:
+                      the runtime sends no ack of its own (one round trip less)
     raise Retry(s)    not done yet (waiting, not failing): tried again after s seconds
     raise Reject(r)   cannot ever succeed: dead-lettered now
     raise anything    a failure: retried after the group's backoff (or the exception's
@@ -22,7 +24,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import structlog
@@ -37,7 +39,7 @@ from zapstream.connections import is_cluster
 from zapstream.envelope import Envelope, decode_entry
 from zapstream.keys import failures_key, partition_of, stream_key
 from zapstream.metrics import Metrics
-from zapstream.scripts import Script
+from zapstream.scripts import Batch, Script
 from zapstream.settings import Settings
 from zapstream.topology import GroupSpec, Topology
 
@@ -54,6 +56,10 @@ ACK_RETRY_S = 0.5
 # failure could not be recorded is tried again after this long. The process rides it out.
 REDIS_RETRY_S = 0.5
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+
+
+# A handler's return when its own script acked the entry (fenced, as ack.lua does).
+ACKED: Final = "acked"
 
 
 class Retry(Exception):
@@ -75,7 +81,8 @@ class HandlerContext(msgspec.Struct, frozen=True, kw_only=True):
     settings: Settings
     topology: Topology
     metrics: Metrics
-    http: Any = None  # an httpx.AsyncClient where the group calls out
+    http: Any = None  # an httpx.AsyncClient where the group calls out (the handoff webhook)
+    graph: Any = None  # the Cloud API client (graph.Graph) where the group sends
     responder: Any = None  # the Responder (responder.py) of the respond group
 
 
@@ -91,11 +98,28 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     failures: int  # handler failures so far
 
 
-Handler = Callable[[HandlerContext, Delivery], Coroutine[Any, Any, None]]
+Handler = Callable[[HandlerContext, Delivery], Coroutine[Any, Any, str | None]]
 # A group's periodic work beside its entries (debounce closes due windows), given the group
 # and the partitions the runner serves.
 Tick = Callable[[HandlerContext, str, Sequence[int]], Awaitable[None]]
 TICK_S = 0.05
+
+
+def queue_ack(batch: Batch, ctx: HandlerContext, delivery: Delivery) -> None:
+    """Queue the delivery's fenced ack (ack.lua) in a handler's batch, after its effects,
+    so that effect and ack take one round trip; the handler then returns acked(answer)."""
+    failures = failures_key(ctx.topology, delivery.group, partition_of(delivery.key))
+    batch.script(
+        ACK,
+        [delivery.key, failures],
+        [delivery.group, delivery.consumer, delivery.envelope.entry_id],
+    )
+
+
+def acked(answer: list[int]) -> str | None:
+    """What a handler returns after queue_ack: ACKED, or None when another consumer owns the
+    entry now (the runtime's own ack then counts it as fenced)."""
+    return None if answer[0] == FENCED else ACKED
 
 
 def _message_ids(event: Any) -> str:
@@ -119,7 +143,7 @@ class _Slot:
     __slots__ = ("call", "deadline", "timed_out")
 
     def __init__(self) -> None:
-        self.call: asyncio.Future[None] | None = None
+        self.call: asyncio.Future[str | None] | None = None
         self.deadline = 0.0
         self.timed_out = False
 
@@ -447,7 +471,7 @@ class GroupRunner:
         slot.deadline = time.monotonic() + self.spec.timeout
         try:
             try:
-                await slot.call
+                outcome = await slot.call
             finally:
                 slot.deadline = 0.0
                 slot.call = None
@@ -472,6 +496,12 @@ class GroupRunner:
             )
         else:
             self._seconds.observe(time.perf_counter() - started)
+            if outcome == ACKED and not entry.failures:
+                # Acked by the handler's script. (After a failure the runtime's ack also
+                # clears the entry's failure count: ack.lua answers "settled" and does.)
+                self._holding.discard((entry.key, entry.entry_id))
+                metrics.group("handler_done", self.group).inc()
+                return
             # The ack goes out from the acker task with the acks of other entries finished
             # meanwhile: the worker moves on at once, and a stop cannot cut an ack half-way.
             self._acks.append(entry)

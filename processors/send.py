@@ -19,14 +19,22 @@ import asyncio
 import enum
 import time
 from pathlib import Path
+from typing import Any
 
-import httpx
 import structlog
 from redis.asyncio import Redis
 
 from ingest.append import outbound_field
-from processors.graph import Graph, GraphError
-from processors.runtime import REDIS_TIMEOUT_S, Delivery, HandlerContext, Reject, Retry
+from processors.graph import Graph, GraphError, GraphNoAnswer, GraphUnreachable
+from processors.runtime import (
+    REDIS_TIMEOUT_S,
+    Delivery,
+    HandlerContext,
+    Reject,
+    Retry,
+    acked,
+    queue_ack,
+)
 from zapstream.envelope import encode_fields
 from zapstream.events import Event, ReplyBlocked, ReplyFailed, ReplyGenerated, ReplySent
 from zapstream.keys import (
@@ -44,7 +52,7 @@ from zapstream.keys import (
     session_key,
     stream_key,
 )
-from zapstream.scripts import Script
+from zapstream.scripts import Batch, Script
 from zapstream.topology import RateLimit, Topology
 
 log = structlog.get_logger()
@@ -156,36 +164,34 @@ class Bucket:
         self.interval_us = max(1, int(limit.per * 1_000_000 / limit.rate))
         self.burst = limit.burst
 
-    async def _call(self, redis: Redis, op: str, push_s: float = 0.0) -> float:
-        args = [op, self.interval_us, self.burst, int(push_s * 1_000_000)]
-        waited = await RATE.run(redis, [self.key], args)
-        return int(waited) / 1_000_000
-
-    async def take(self, redis: Redis) -> float:
-        """0 when a send may go now (and is counted), else the seconds to wait."""
-        return await self._call(redis, "take")
-
-    async def peek(self, redis: Redis) -> float:
-        return await self._call(redis, "peek")
+    def args(self, op: str, push_s: float = 0.0) -> list[str | int]:
+        """ratelimit.lua's arguments for `op`; its answer is microseconds to wait."""
+        return [op, self.interval_us, self.burst, int(push_s * 1_000_000)]
 
     async def push(self, redis: Redis, seconds: float) -> None:
-        await self._call(redis, "push", seconds)
+        """Let nothing through for `seconds` (WhatsApp's 131056)."""
+        await RATE.run(redis, [self.key], self.args("push", seconds))
 
 
-async def on_reply_generated(ctx: HandlerContext, delivery: Delivery) -> None:
+async def on_reply_generated(ctx: HandlerContext, delivery: Delivery) -> str | None:
     """Send a generated reply, part by part, and append its outcome once."""
     reply = delivery.envelope.event
     if not isinstance(reply, ReplyGenerated):
-        return  # the outcomes of replies share the stream
-    sender = Sender(ctx, reply)
-    await sender.send()
+        return None  # the outcomes of replies share the stream
+    return await Sender(ctx, reply, delivery).send()
 
 
 class Sender:
-    """One reply on its way: its keys, its parts, and the decisions about each."""
+    """One reply on its way: its keys, its parts, and the decisions about each.
 
-    def __init__(self, ctx: HandlerContext, reply: ReplyGenerated) -> None:
+    Round trips of a one-part reply: the checks with the part's record and the buckets; the
+    pair's send with the record's `begin`; the POST; the record's `sent` with the outcome
+    and the entry's ack.
+    """
+
+    def __init__(self, ctx: HandlerContext, reply: ReplyGenerated, delivery: Delivery) -> None:
         self.ctx = ctx
+        self.delivery = delivery
         self.redis: Redis = ctx.redis
         self.topology: Topology = ctx.topology
         self.reply = reply
@@ -199,26 +205,28 @@ class Sender:
         self.pair = Bucket(
             pair_key(self.topology, conversation, self.partition), limits.per_customer
         )
-        self.graph = Graph(ctx.http, ctx.settings, self.topology.send.timeout)
+        self.graph: Graph = ctx.graph
 
-    async def send(self) -> None:
-        reply, redis, topology = self.reply, self.redis, self.topology
+    async def send(self) -> str | None:
+        """Send every part and append the outcome; ACKED when the entry's ack went with it."""
+        reply, topology = self.reply, self.topology
         age = time.time() - reply.newest_timestamp
         if reply.newest_timestamp and age >= topology.send.window:
             await self._blocked()
             log.info("reply_blocked", reason="window_closed", age_s=round(age))
-            return
-        # One round trip for the checks: settled before? paused? has the customer written
-        # since (then the reply quotes what it answers)?
-        pipe = redis.pipeline(transaction=False)
-        pipe.exists(outcome_key(topology, reply.reply_id, self.partition))
-        pipe.pttl(paused_key(topology))
-        pipe.hget(session_key(topology, reply.session_id, self.partition), "turns")
-        pipe.zcard(burst_key(topology, reply.session_id, self.partition))
+            return None
+        # One round trip for the checks (settled before? paused? has the customer written
+        # since? then the reply quotes what it answers) and what the first part needs.
+        batch = Batch(self.redis)
+        batch.command.exists(outcome_key(topology, reply.reply_id, self.partition))
+        batch.command.pttl(paused_key(topology))
+        batch.command.hget(session_key(topology, reply.session_id, self.partition), "turns")
+        batch.command.zcard(burst_key(topology, reply.session_id, self.partition))
+        self._look(batch, 0)
         async with asyncio.timeout(REDIS_TIMEOUT_S):
-            settled, paused, cut, waiting = await pipe.execute()
+            settled, paused, cut, waiting, *look = await batch.execute()
         if settled:
-            return  # settled before (a redelivery)
+            return None  # settled before (a redelivery)
         if paused > 0:
             raise Retry(paused / 1000, reason="sending is paused (see the sender_paused alert)")
         newer = int(cut or 0) > int(reply.turn_id) or waiting > 0
@@ -228,46 +236,100 @@ class Sender:
         wamids: list[str] = []
         resent = 0
         for index, text in enumerate(parts):
-            wamid, again = await self._send_part(index, text, quote if index == 0 else "")
+            if index:
+                batch = Batch(self.redis)
+                self._look(batch, index)
+                async with asyncio.timeout(REDIS_TIMEOUT_S):
+                    look = await batch.execute()
+            wamid, again, posted = await self._send_part(
+                index, text, quote if index == 0 else "", look
+            )
             if not wamid:
-                return  # a business outcome was appended
+                return None  # a business outcome was appended
             wamids.append(wamid)
             resent += again
-        appended = await self.finish(
-            ReplySent(
-                session_id=reply.session_id,
-                turn_id=reply.turn_id,
-                reply_id=reply.reply_id,
-                message_id=wamids[0],
-                wamids=wamids,
-                resent=resent,
-            )
+            if posted and index < len(parts) - 1:
+                await SEND.run(self.redis, *self._sent_call(index, wamid))
+        # The last part's `sent`, the outcome and the ack: one round trip. (Should Redis have
+        # lost its scripts, `sent` runs again after the other two: a crash between them
+        # leaves the part in doubt, listed, until its `sent` status settles it.)
+        outcome = ReplySent(
+            session_id=reply.session_id,
+            turn_id=reply.turn_id,
+            reply_id=reply.reply_id,
+            message_id=wamids[0],
+            wamids=wamids,
+            resent=resent,
         )
-        if appended and reply.received_ms:
+        batch = Batch(self.redis)
+        if posted:
+            batch.script(SEND, *self._sent_call(len(parts) - 1, wamids[-1]))
+        batch.script(OUTCOME, *self._finish_call(outcome))
+        queue_ack(batch, self.ctx, self.delivery)
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            *_, entry_id, ack = await batch.execute()
+        if entry_id is not None and reply.received_ms:
             self.ctx.metrics.reply_latency.observe(time.time() - reply.received_ms / 1000)
         log.info("reply_sent", parts=len(parts), wamid=wamids[0], resent=resent)
+        return acked(ack)
 
-    async def _send_part(self, index: int, text: str, quote: str) -> tuple[str, int]:
-        """(wamid, 1 if resent else 0) once the part is sent; ('', 0) when an outcome ended
-        the reply. Raises Retry to wait, SendFailed to back off, Reject to dead-letter."""
+    def _record_keys(self, part: str) -> list[str]:
+        return [
+            send_key(self.topology, part, self.partition),
+            doubt_key(self.topology, self.partition),
+            self.conversation_record,
+        ]
+
+    def _look(self, batch: Batch, index: int) -> None:
+        """Queue what deciding on part `index` needs: its record, whether the customer's
+        pair bucket has room, and a send taken from the number's bucket. Taken before the
+        record is read, a send not made (a redelivery, a wait) is not given back: the
+        limits err on the slow side only."""
+        record = send_key(self.topology, part_id(self.reply.reply_id, index), self.partition)
+        batch.command.hmget(record, ["state", "wamid"])
+        batch.script(RATE, [self.pair.key], self.pair.args("peek"))
+        batch.script(RATE, [self.number.key], self.number.args("take"))
+
+    def _sent_call(self, index: int, wamid: str) -> tuple[list[str], list[Any]]:
         part = part_id(self.reply.reply_id, index)
-        record = send_key(self.topology, part, self.partition)
-        keys = [record, doubt_key(self.topology, self.partition), self.conversation_record]
-        before, wamid = await self.redis.hmget(record, ["state", "wamid"])
+        args = ["sent", part, wamid, outbound_field(wamid), self.reply.session_id, "post"]
+        return self._record_keys(part), args
+
+    async def _send_part(
+        self, index: int, text: str, quote: str, look: list[Any]
+    ) -> tuple[str, int, bool]:
+        """(wamid, 1 if resent else 0, whether it was POSTed now and its record still says
+        `posting`) once the part is sent; ('', 0, False) when an outcome ended the reply.
+        `look` is what _look queued. Raises Retry to wait, SendFailed to back off, Reject to
+        dead-letter."""
+        part = part_id(self.reply.reply_id, index)
+        keys = self._record_keys(part)
+        (before, wamid), pair_wait, number_wait = look
         if before == b"sent" and isinstance(wamid, bytes):
-            return wamid.decode(), 0
-        if before != b"posting":
-            # Counted before the record says `posting`: a wait here leaves nothing in doubt.
-            # (A resend, rare, goes without taking from the buckets.)
-            await self._wait_for_buckets()
+            return wamid.decode(), 0, False
+        # A part in doubt (`posting`) is resent, rarely, without taking from the pair bucket.
+        fresh = before != b"posting"
+        if fresh and pair_wait:
+            raise Retry(int(pair_wait) / 1e6, reason="pair limit: waiting for this customer")
+        if fresh and number_wait:
+            raise Retry(int(number_wait) / 1e6, reason="the business number's send rate")
         doubt_ms = int(self.topology.send.doubt * 1000)
-        state, *detail = await SEND.run(self.redis, keys, ["begin", part, doubt_ms, RECORD_TTL_S])
+        batch = Batch(self.redis)
+        if fresh:
+            batch.script(RATE, [self.pair.key], self.pair.args("take"))
+        batch.script(SEND, keys, ["begin", part, doubt_ms, RECORD_TTL_S])
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            *taken, (state, *detail) = await batch.execute()
         state = state.decode()
+        if taken and taken[0] and state == "go":
+            # Another send to this customer took the room since the peek: nothing was sent.
+            await SEND.run(self.redis, keys, ["clear", part])
+            raise Retry(int(taken[0]) / 1e6, reason="pair limit: waiting for this customer")
         if state == "sent":
-            return detail[0].decode(), 0
+            return detail[0].decode(), 0, False
         if state == "failed":
             await self._failed(int(detail[0]), "failed status of a part in doubt")
-            return "", 0
+            return "", 0, False
         if state == "doubt":
             raise Retry(int(detail[0]) / 1000, reason=f"part {part} is in doubt: its status")
         if state == "lost":
@@ -278,40 +340,28 @@ class Sender:
             log.warning("part_resent", part=part, reason="no status within send.doubt")
         try:
             wamid = await self.graph.send_text(
-                self.reply.phone_number_id, self.reply.customer, text, quote=quote, callback=part
+                self.reply.phone_number_id,
+                self.reply.customer,
+                text,
+                timeout=self.topology.send.timeout,
+                quote=quote,
+                callback=part,
             )
         except GraphError as error:
             await SEND.run(self.redis, keys, ["clear", part])
             await self._refused(error)
-            return "", 0
-        except httpx.ConnectError as err:  # never reached Meta: nothing was sent
+            return "", 0, False
+        except GraphUnreachable as err:  # never reached Meta: nothing was sent
             await SEND.run(self.redis, keys, ["clear", part])
             self.ctx.metrics.sent("unreachable").inc()
             raise SendFailed(f"Graph API unreachable: {err}") from err
-        except httpx.RequestError as err:  # no answer, or one we cannot read
+        except GraphNoAnswer as err:  # no answer, or one we cannot read
             # Meta may have it: the part stays in doubt until its status or send.doubt.
             self.ctx.metrics.sent("in_doubt").inc()
             log.warning("part_in_doubt", part=part, error=f"{type(err).__name__}: {err}")
             raise Retry(self.topology.send.doubt, reason=f"part {part} in doubt") from err
         self.ctx.metrics.sent("sent").inc()
-        await SEND.run(
-            self.redis,
-            keys,
-            ["sent", part, wamid, outbound_field(wamid), self.reply.session_id, "post"],
-        )
-        return wamid, resent
-
-    async def _wait_for_buckets(self) -> None:
-        """Take a send from the number's bucket once the customer's pair bucket has room."""
-        wait = await self.pair.peek(self.redis)
-        if wait:
-            raise Retry(wait, reason="pair limit: waiting for this customer's bucket")
-        wait = await self.number.take(self.redis)
-        if wait:
-            raise Retry(wait, reason="the business number's send rate")
-        wait = await self.pair.take(self.redis)
-        if wait:
-            raise Retry(wait, reason="pair limit: waiting for this customer's bucket")
+        return wamid, resent, True
 
     async def _refused(self, error: GraphError) -> None:
         """Act on a refusal by its WhatsApp error code; returns only once an outcome is in."""
@@ -371,17 +421,18 @@ class Sender:
         )
         log.info("reply_failed", code=code, reason=reason)
 
-    async def finish(self, outcome: Event) -> bool:
-        """Append the reply's outcome unless one was appended before; whether it was now."""
+    def _finish_call(self, outcome: Event) -> tuple[list[str], list[str | int]]:
+        """outcome.lua's keys and arguments: append `outcome` unless one was before."""
         fields: list[str | int] = [RECORD_TTL_S]
         for name, value in encode_fields(outcome).items():
             fields += [name, value]
-        entry_id = await OUTCOME.run(
-            self.redis,
-            [
-                outcome_key(self.topology, self.reply.reply_id, self.partition),
-                stream_key(self.topology, "replies", self.partition),
-            ],
-            fields,
-        )
+        keys = [
+            outcome_key(self.topology, self.reply.reply_id, self.partition),
+            stream_key(self.topology, "replies", self.partition),
+        ]
+        return keys, fields
+
+    async def finish(self, outcome: Event) -> bool:
+        """Append the reply's outcome unless one was appended before; whether it was now."""
+        entry_id = await OUTCOME.run(self.redis, *self._finish_call(outcome))
         return entry_id is not None

@@ -9,11 +9,14 @@ change nothing here (the projections read them from the log).
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import msgspec
 import structlog
 
 from ingest.append import outbound_field
-from processors.runtime import Delivery, HandlerContext
+from processors.runtime import REDIS_TIMEOUT_S, Delivery, HandlerContext, acked, queue_ack
 from processors.send import SEND
 from zapstream.events import StatusUpdated
 from zapstream.keys import (
@@ -23,6 +26,7 @@ from zapstream.keys import (
     partition_for,
     send_key,
 )
+from zapstream.scripts import Batch
 
 log = structlog.get_logger()
 
@@ -46,17 +50,17 @@ def session_of(part: str) -> str:
     return part.rpartition("#")[0].rpartition(":")[0]
 
 
-async def on_status(ctx: HandlerContext, delivery: Delivery) -> None:
+async def on_status(ctx: HandlerContext, delivery: Delivery) -> str | None:
     status = delivery.envelope.event
     if not isinstance(status, StatusUpdated):
-        return
+        return None
     try:
         detail = _status_decoder.decode(status.data)
     except msgspec.DecodeError:
-        return  # not one of our parts: nothing to settle
+        return None  # not one of our parts: nothing to settle
     part = detail.biz_opaque_callback_data
     if "#" not in part:
-        return
+        return None
     topology = ctx.topology
     conversation = conversation_key(status.phone_number_id, status.customer)
     partition = partition_for(conversation, topology.partitions)
@@ -65,14 +69,22 @@ async def on_status(ctx: HandlerContext, delivery: Delivery) -> None:
         doubt_key(topology, partition),
         conversation_record_key(topology, conversation, partition),
     ]
+    args: list[Any]
     if status.status in DELIVERED:
         args = ["sent", part, status.message_id, outbound_field(status.message_id)]
-        before = await SEND.run(ctx.redis, keys, [*args, session_of(part), "status"])
+        args += [session_of(part), "status"]
     elif status.status == "failed":
         code = detail.errors[0].code if detail.errors else 0
-        before = await SEND.run(ctx.redis, keys, ["failed", part, code])
+        args = ["failed", part, code]
     else:
-        return
+        return None
+    # The record's change and the entry's ack: one round trip.
+    batch = Batch(ctx.redis)
+    batch.script(SEND, keys, args)
+    queue_ack(batch, ctx, delivery)
+    async with asyncio.timeout(REDIS_TIMEOUT_S):
+        before, ack = await batch.execute()
     if before == b"posting":
         ctx.metrics.parts_settled_by_status.inc()
         log.info("part_settled_by_status", part=part, status=status.status)
+    return acked(ack)

@@ -13,13 +13,14 @@
 -- handoff.requested and holds the session, in the same step.
 --
 -- KEYS: turns stream, replies stream, session state (hash), session burst (sorted set),
---       session context (list), handoffs stream, held sessions (hash)
+--       session context (list), handoffs stream, held sessions (hash), the turn's stored answer
 -- ARGV: group, consumer, turn.ready entry id, session id, turn number, policy, max wait (ms),
 --       reply id, body, tokens, unanswered entry ids (JSON, this turn's included), oldest
 --       unanswered entry time (ms), message ids (JSON), phone_number_id, customer,
 --       context items to append when sent (JSON list of strings), context length, TTL (s),
 --       mode (answer | hold), hold reason, handoff ('1' or '0'), newest message timestamp,
---       newest message's arrival (its message.received entry id's ms)
+--       newest message's arrival (its message.received entry id's ms), the answer to store
+--       under KEYS[8] (JSON; empty when it was stored before)
 -- Returns 'generated', 'superseded', 'blocked', 'done' (settled before), 'wait' (turn n-1 is
 -- not settled) or 'fenced'.
 local turns, replies, state, burst, context = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -36,6 +37,11 @@ local answered = tonumber(redis.call('HGET', state, 'answered') or '0')
 if answered >= number then
   redis.call('XACK', turns, group, entry_id)
   return 'done'
+end
+-- The answer is stored before any reply.generated for it: a turn tried again (it waits for
+-- the turn before, or its claim is lost with its worker) is never answered by the AI twice.
+if ARGV[24] ~= '' then
+  redis.call('SET', KEYS[8], ARGV[24], 'NX', 'EX', tonumber(ARGV[18]))
 end
 if answered < number - 1 then
   return 'wait'

@@ -14,7 +14,14 @@ from typing import Any, Literal
 import msgspec
 from redis.asyncio import Redis
 
-from zapstream.keys import burst_key, context_key, held_key, session_key, stream_key
+from zapstream.keys import (
+    burst_key,
+    context_key,
+    held_key,
+    reply_key,
+    session_key,
+    stream_key,
+)
 from zapstream.scripts import Script
 from zapstream.topology import Topology
 
@@ -81,6 +88,7 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
     received_ms: int = 0  # when the newest message answered arrived (its entry id's ms)
     handoff: bool = False  # the answer asks for a human: hold the session once it is claimed
     hold: str = ""  # settle as reply.blocked with this reason instead (no answer was made)
+    answer: bytes = b""  # the Answer (JSON) to store with the claim; empty: stored before
 
 
 async def settle_turn(redis: Redis, topology: Topology, partition: int, claim: Claim) -> Outcome:
@@ -92,6 +100,7 @@ async def settle_turn(redis: Redis, topology: Topology, partition: int, claim: C
         context_key(topology, claim.session_id, partition),
         stream_key(topology, "handoffs", partition),
         held_key(topology, partition),
+        reply_key(topology, claim.session_id, str(claim.turn_number), partition),
     ]
     encode = msgspec.json.encode
     args = [
@@ -118,6 +127,7 @@ async def settle_turn(redis: Redis, topology: Topology, partition: int, claim: C
         "1" if claim.handoff else "0",
         claim.newest_timestamp,
         claim.received_ms,
+        claim.answer,
     ]
     return _OUTCOMES[await TURNS.run(redis, keys, args)]
 

@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from ingest.app import create_app
+from processors.graph import Graph
 from processors.runtime import GroupRunner, Handler, HandlerContext, Tick
 from projections.follower import Follower, Target
 from projections.replay import live_target
@@ -218,6 +219,7 @@ async def _handler_context(
     async with (
         open_redis(settings.redis_url, max_connections=_connections(topology, groups)) as redis,
         httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, limits=limits) as http,
+        Graph.open(settings) as graph,
     ):
         try:
             yield HandlerContext(
@@ -226,6 +228,7 @@ async def _handler_context(
                 topology=topology,
                 metrics=metrics,
                 http=http,
+                graph=graph,
                 responder=responder,
             )
         finally:

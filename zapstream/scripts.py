@@ -36,15 +36,45 @@ class Script:
         """Run once per (keys, args), pipelined in one round trip; raises the first error."""
         if len(calls) == 1:
             return [await self.run(redis, *calls[0])]
-        pipe = redis.pipeline(transaction=False)
+        batch = Batch(redis)
         for keys, args in calls:
-            # As a raw command: redis-py's cluster pipeline refuses its evalsha() method, yet
-            # routes EVALSHA by its first key like any other command.
-            pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+            batch.script(self, keys, args)
+        return await batch.execute()
+
+
+class Batch:
+    """Commands and script calls sent in one round trip (a pipeline, not a transaction).
+
+    `command` queues a plain command, `script` a script call; `execute` returns their
+    answers in order, or raises the first error. A script that Redis did not know (NOSCRIPT:
+    it did not run) runs again on its own after the batch, so after a restart it runs after
+    the commands that followed it in the batch: a batch whose order matters must not mix
+    scripts that depend on one another's effects across a possible NOSCRIPT.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.pipe = redis.pipeline(transaction=False)
+        self._scripts: dict[int, tuple[Script, Sequence[Any], Sequence[Any]]] = {}
+
+    @property
+    def command(self) -> Any:
+        """The pipeline, to queue plain commands on (`batch.command.get(key)`)."""
+        return self.pipe
+
+    def script(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        self._scripts[len(self.pipe)] = (script, keys, args)
+        # As a raw command: redis-py's cluster pipeline refuses its evalsha() method, yet
+        # routes EVALSHA by its first key like any other command.
+        self.pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def execute(self) -> list[Any]:
+        results: list[Any] = await self.pipe.execute(raise_on_error=False)
         for index, result in enumerate(results):
-            if isinstance(result, NoScriptError):
-                results[index] = await self.run(redis, *calls[index])
+            if isinstance(result, NoScriptError) and index in self._scripts:
+                results[index] = await self._scripts[index][0].run(
+                    self.redis, *self._scripts[index][1:]
+                )
             elif isinstance(result, Exception):
                 raise result
         return results

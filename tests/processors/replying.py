@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 
 from ingest.app import create_app
+from processors.graph import Graph
 from processors.groups import HANDLERS, TICKS
 from processors.rules import RulesResponder
 from processors.runtime import GroupRunner, HandlerContext
@@ -150,13 +151,14 @@ async def replying(
     graph.webhook_url = webhook.url + "/webhook/whatsapp"
     graph.app_secret = SECRET
     pipeline = Pipeline(redis, webhook, graph, receiver)
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30) as http, Graph.open(settings) as cloud_api:
         ctx = HandlerContext(
             redis=redis,
             settings=settings,
             topology=topology,
             metrics=pipeline.metrics,
             http=http,
+            graph=cloud_api,
             responder=responder or RulesResponder(),
         )
         runners = [GroupRunner(ctx, g, HANDLERS[g], tick=TICKS.get(g)) for g in groups]

@@ -9,7 +9,15 @@ import pytest
 from redis.asyncio import Redis
 
 from processors.deadletter import backoff_delay
-from processors.runtime import GroupRunner, HandlerContext
+from processors.debounce import DUE
+from processors.runtime import (
+    ACKED,
+    Delivery,
+    GroupRunner,
+    HandlerContext,
+    acked,
+    queue_ack,
+)
 from tests.processors.recording import (
     ATTEMPTS,
     COMPLETIONS,
@@ -24,12 +32,14 @@ from tests.waiting import eventually
 from zapstream.envelope import decode_fields
 from zapstream.events import TurnReady
 from zapstream.metrics import Metrics
+from zapstream.scripts import Batch
 from zapstream.settings import Settings
 from zapstream.topology import Backoff, Duration, Topology
 
 GROUP = "g"
 WORK = "zapstream:{p0}:work"
 DEAD = "zapstream:{p0}:dead:g"
+FAILURES = "zapstream:{p0}:failures:g"
 
 
 def context(redis: Redis, topo: Topology) -> HandlerContext:
@@ -216,3 +226,95 @@ def test_backoff_past_a_floats_range_is_the_max() -> None:
     # max_failures in the thousands: 2.0 ** 2999 overflows a float, the delay is still `max`.
     backoff = Backoff(base=Duration(0.5), factor=2.0, max=Duration(3.0))
     assert backoff_delay(backoff, 3000) == 3.0
+
+
+# --- handlers that ack with their own effect (runtime.ACKED) ------------------------------
+
+DONE = "test:{p0}:acked-with-effect"
+
+
+async def acking_handler(ctx: HandlerContext, delivery: Delivery) -> str | None:
+    """An effect and the fenced ack in one round trip, as the send and settle groups do."""
+    batch = Batch(ctx.redis)
+    batch.command.hincrby(DONE, delivery.envelope.entry_id, 1)
+    queue_ack(batch, ctx, delivery)
+    _, ack = await batch.execute()
+    return acked(ack)
+
+
+def sample(ctx: HandlerContext, counter: str) -> float:
+    return ctx.metrics.registry.get_sample_value(counter, {"group": GROUP}) or 0.0
+
+
+async def test_a_handler_acking_with_its_effect_is_done_without_a_second_ack(
+    redis: Redis,
+) -> None:
+    topo = topology(group(concurrency=8, batch=50))
+    ids = await append(redis, topo, "work", 200)
+    ctx = context(redis, topo)
+    await GroupRunner(ctx, GROUP, acking_handler).drain()
+    done = {k.decode(): int(v) for k, v in (await redis.hgetall(DONE)).items()}
+    assert done == dict.fromkeys(ids, 1)
+    assert await pending(redis) == 0
+    assert sample(ctx, "zapstream_handler_done_total") == 200
+    assert sample(ctx, "zapstream_handler_fenced_total") == 0
+
+
+async def test_an_entry_taken_over_before_the_handlers_ack_is_fenced_not_acked(
+    redis: Redis,
+) -> None:
+    topo = topology(group())
+    [entry_id] = await append(redis, topo, "work", 1)
+
+    async def taken_over_meanwhile(ctx: HandlerContext, delivery: Delivery) -> str | None:
+        # Another consumer claims the entry (as a reclaim after a missed heartbeat would).
+        await redis.xclaim(WORK, GROUP, "other", 0, [entry_id])
+        return await acking_handler(ctx, delivery)
+
+    ctx = context(redis, topo)
+    runner = GroupRunner(ctx, GROUP, taken_over_meanwhile)
+    task = asyncio.create_task(runner.run())
+    await eventually(lambda: sample(ctx, "zapstream_handler_fenced_total") == 1)
+    runner.stop()
+    await task
+    assert sample(ctx, "zapstream_handler_done_total") == 0
+    owners = await redis.xpending_range(WORK, GROUP, min="-", max="+", count=10)
+    assert [(o["message_id"].decode(), o["consumer"].decode()) for o in owners] == [
+        (entry_id, "other")
+    ]
+
+
+async def test_a_handler_script_that_acks_after_a_failure_still_clears_the_failure_count(
+    redis: Redis,
+) -> None:
+    """ACKED after failures: the runtime's own ack clears the count the script left."""
+    topo = topology(group(max_failures=5, backoff={"base": "10ms", "factor": 1, "max": "10ms"}))
+    [entry_id] = await append(redis, topo, "work", 1)
+    tries = itertools.count()
+    counted: list[bytes | None] = []
+
+    async def fails_once_then_acks(ctx: HandlerContext, delivery: Delivery) -> str | None:
+        if next(tries) == 0:
+            raise RuntimeError("the first try fails")
+        counted.append(await redis.hget(FAILURES, entry_id))
+        await redis.xack(WORK, GROUP, entry_id)  # as debounce.lua and turns.lua ack
+        return ACKED
+
+    await GroupRunner(context(redis, topo), GROUP, fails_once_then_acks).drain()
+    assert counted == [b"1"]
+    assert await pending(redis) == 0
+    assert await redis.hget(FAILURES, entry_id) is None
+
+
+async def test_a_batch_runs_a_script_redis_forgot_and_keeps_every_answer_in_place(
+    redis: Redis,
+) -> None:
+    """NOSCRIPT (Redis restarted without persistence): the script runs again on its own."""
+    due = "test:{p0}:due"
+    await redis.zadd(due, {"s1": 1, "s2": 2})
+    await redis.script_flush()
+    batch = Batch(redis)
+    batch.command.set("test:{p0}:before", "1")
+    batch.script(DUE, [due], [10])
+    batch.command.get("test:{p0}:before")
+    assert await batch.execute() == [True, [b"s1", b"s2"], b"1"]
