@@ -303,8 +303,8 @@ class EmbeddedServer(uvicorn.Server):
 
 def _embedded(app: Any, host: str, port: int, **options: Any) -> EmbeddedServer:
     """An EmbeddedServer of `app`: no log config or access log of uvicorn's own (structlog
-    logs), and idle connections kept KEEP_ALIVE_S, longer than clients keep theirs (httpx,
-    Prometheus: 5 s or less), so that the client closes an idle connection, never the server
+    logs), and idle connections kept KEEP_ALIVE_S, longer than clients keep theirs (httpx 5 s,
+    aiohttp 15 s, Prometheus), so that the client closes an idle connection, never the server
     just as the client sends a request on it (which the client sees as a failed request)."""
     config = uvicorn.Config(
         app,
