@@ -246,7 +246,7 @@ def sample(ctx: HandlerContext, counter: str) -> float:
     return ctx.metrics.registry.get_sample_value(counter, {"group": GROUP}) or 0.0
 
 
-async def test_a_handler_acking_with_its_effect_is_done_without_a_second_ack(
+async def test_a_handler_acking_with_its_effect_settles_each_entry_once(
     redis: Redis,
 ) -> None:
     topo = topology(group(concurrency=8, batch=50))
